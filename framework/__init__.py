@@ -1,0 +1,1 @@
+"""scalefirst framework: config, distributed, data, models, metrics, trainers, checkpoint."""

@@ -1,0 +1,102 @@
+"""The one place that reads the torchrun environment and initializes torch.distributed.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT. A plain
+``python -m launch.train`` (no torchrun) runs as a world of one: a process group is still created, because the
+TorchRec planner and DMP collectives expect one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now (racy by nature; fine for tests and single-node runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from e
+
+
+def read_env(device: str = "auto") -> DistEnv:
+    """Rank/world/device from the torchrun environment. ``device``: auto | cpu | cuda.
+
+    Backend is chosen from the device: nccl on CUDA, gloo on CPU. CUDA is only queried here, never at import.
+    """
+    rank = _int_env("RANK", 0)
+    world_size = _int_env("WORLD_SIZE", 1)
+    local_rank = _int_env("LOCAL_RANK", 0)
+    local_world_size = _int_env("LOCAL_WORLD_SIZE", world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda was requested but torch.cuda.is_available() is False")
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    return DistEnv(rank, world_size, local_rank, local_world_size, dev, backend)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
+    """Read the environment and create the default process group (idempotent)."""
+    env = read_env(device)
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            if env.world_size > 1:
+                raise RuntimeError("WORLD_SIZE>1 but MASTER_PORT is unset: launch with torchrun")
+            os.environ["MASTER_PORT"] = str(free_port())
+        dist.init_process_group(
+            backend=env.backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+        if env.is_main:
+            logger.info("initialized %s process group: world_size=%d device=%s", env.backend, env.world_size, env.device)
+    return env
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

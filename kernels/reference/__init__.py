@@ -1,0 +1,1 @@
+"""PyTorch reference implementations of the fused ops (fp32 math, readable)."""

@@ -1,0 +1,1 @@
+"""Entry points: torchrun module (launch.train) and the `scalefirst` console script (launch.cli)."""
