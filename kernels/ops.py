@@ -10,7 +10,6 @@ import logging
 from typing import Literal
 
 import torch
-
 from scalefirst_kernels.reference import jagged_attention_pooling as _ref_jap
 
 logger = logging.getLogger(__name__)

@@ -93,7 +93,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
             timeout=datetime.timedelta(seconds=timeout_s),
         )
         if env.is_main:
-            logger.info("initialized %s process group: world_size=%d device=%s", env.backend, env.world_size, env.device)
+            logger.info(
+                "initialized %s process group: world_size=%d device=%s", env.backend, env.world_size, env.device
+            )
     return env
 
 

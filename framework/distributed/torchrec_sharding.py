@@ -4,10 +4,10 @@ planner → sparse optimizer fused into the embedding backward → DistributedMo
 with the dense optimizer. Models never shard themselves; trainers call :func:`shard_model`.
 
 Gradient semantics: a step at world size W equals one single-process step on the global batch (W × local
-batch). Each rank's loss is ``sum(local losses) / global_batch``; embedding gradients are summed across ranks
-by TorchRec's backward all-to-all, so the dense (DDP) gradients must be summed too: :func:`_allreduce_sum_hook`
-replaces DDP's default averaging. This is what makes sharded-vs-unsharded parity and resuming at another
-world size exact.
+batch). Each rank's loss is the mean over its local batch; DDP averages the dense gradients over ranks and
+TorchRec's backward all-to-all divides the embedding gradients by W (``comm_ops`` gradient division, which we
+assert is on), so every parameter sees the gradient of the global-batch mean. This is what makes
+sharded-vs-unsharded parity and resuming at another world size exact.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torchrec.distributed import comm_ops
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
@@ -113,9 +114,18 @@ def _ensure_dense_unpooled_fix() -> None:
 
     original = DenseTableBatchedEmbeddingBagsCodegen.forward
 
-    def forward(self, indices, offsets, per_sample_weights=None, feature_requires_grad=None, batch_size_per_feature_per_rank=None):  # noqa: E501
+    def forward(
+        self,
+        indices,
+        offsets,
+        per_sample_weights=None,
+        feature_requires_grad=None,
+        batch_size_per_feature_per_rank=None,
+    ):  # noqa: E501
         if self.pooling_mode != PoolingMode.NONE or not self.use_cpu:
-            return original(self, indices, offsets, per_sample_weights, feature_requires_grad, batch_size_per_feature_per_rank)
+            return original(
+                self, indices, offsets, per_sample_weights, feature_requires_grad, batch_size_per_feature_per_rank
+            )
         if per_sample_weights is not None or batch_size_per_feature_per_rank is not None:
             raise NotImplementedError("unpooled CPU dense lookup: per-sample weights / VBE are not supported")
         return _unpooled_dense_lookup(self, indices, offsets)
@@ -125,12 +135,6 @@ def _ensure_dense_unpooled_fix() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _allreduce_sum_hook(process_group, bucket):  # DDP rejects string annotations (PEP 563) on hooks
-    group = process_group if process_group is not None else dist.group.WORLD
-    fut = dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future()
-    return fut.then(lambda f: f.value()[0])
 
 
 def constraints_for(
@@ -194,31 +198,33 @@ def shard_model(
     if not dist.is_initialized():
         raise RuntimeError("shard_model needs an initialized process group (framework.distributed.env)")
     _ensure_dense_unpooled_fix()
+    if not comm_ops.get_gradient_division():
+        raise RuntimeError("torchrec comm_ops gradient division is off: embedding gradients would be W× the dense ones")
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sparse_cls, sparse_kwargs = sparse_optimizer_spec(optim)
     apply_optimizer_in_backward(sparse_cls, model.sparse_arch.parameters(), dict(sparse_kwargs))  # it mutates the dict
 
     sharders = [EmbeddingCollectionSharder()]
     planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=env.world_size, compute_device=env.device.type, local_world_size=env.local_world_size),
+        topology=Topology(
+            world_size=env.world_size, compute_device=env.device.type, local_world_size=env.local_world_size
+        ),
         constraints=constraints_for(tables, embedding_dim, sharding_type, env),
     )
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders)
     dmp.load_state_dict(init_state)
 
-    ddp = [m for m in dmp.modules() if isinstance(m, DistributedDataParallel)]
-    for m in ddp:
-        m.register_comm_hook(None, _allreduce_sum_hook)
-
     non_fused = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     # data_parallel tables are plain replicated parameters (not fused): give them the sparse optimizer settings.
     dp_tables = {k: v for k, v in non_fused.items() if k.startswith(SPARSE_PREFIX)}
     dense = {k: v for k, v in non_fused.items() if not k.startswith(SPARSE_PREFIX)}
-    parts: list[tuple[str, Any]] = [("sparse", dmp.fused_optimizer)]
+    # Unkeyed parts: optimizer state is then keyed by parameter FQN only, whichever optimizer holds a table,
+    # so checkpoints stay loadable under another sharding plan.
+    parts: list[Any] = [dmp.fused_optimizer]
     if dp_tables:
-        parts.append(("dp_sparse", KeyedOptimizerWrapper(dp_tables, lambda p: sparse_cls(p, **sparse_kwargs))))
-    parts.append(("dense", KeyedOptimizerWrapper(dense, dense_optimizer_factory(optim))))
+        parts.append(KeyedOptimizerWrapper(dp_tables, lambda p: sparse_cls(p, **sparse_kwargs)))
+    parts.append(KeyedOptimizerWrapper(dense, dense_optimizer_factory(optim)))
     optimizer = CombinedOptimizer(parts)
     if env.is_main:
         logger.info("sharding plan:\n%s", plan)

@@ -15,7 +15,9 @@ import torch
 def segment_ids(offsets_B1: torch.Tensor, total: int) -> torch.Tensor:
     """Segment index of every jagged element: offsets [B+1] → seg [L] (int64)."""
     lengths_B = offsets_B1[1:] - offsets_B1[:-1]
-    return torch.repeat_interleave(torch.arange(lengths_B.numel(), device=offsets_B1.device), lengths_B, output_size=total)
+    return torch.repeat_interleave(
+        torch.arange(lengths_B.numel(), device=offsets_B1.device), lengths_B, output_size=total
+    )
 
 
 def jagged_attention_pooling(

@@ -23,7 +23,10 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-TABLE_FEATURES: dict[str, tuple[str, str]] = {"item": ("target_item", "item_hist"), "user": ("target_user", "user_hist")}
+TABLE_FEATURES: dict[str, tuple[str, str]] = {
+    "item": ("target_item", "item_hist"),
+    "user": ("target_user", "user_hist"),
+}
 TABLES_BY_FORMULATION: dict[str, tuple[str, ...]] = {"icr": ("item",), "ucr": ("user",), "hybrid": ("item", "user")}
 
 EmbeddingBackend = Literal["torchrec", "torch"]
@@ -54,19 +57,29 @@ def table_configs(num_embeddings: Mapping[str, int], embedding_dim: int) -> list
 
 
 class TorchEmbeddings(nn.Module):
-    """Plain PyTorch twin of the EmbeddingCollection (no TorchRec kernels, no sharding)."""
+    """Plain single-process PyTorch twin of the EmbeddingCollection: one ``nn.EmbeddingBag`` per table.
 
-    def __init__(self, num_embeddings: Mapping[str, int], embedding_dim: int) -> None:
+    Sequence features need one row per id, so every id is its own bag (offsets = arange); gradients are
+    sparse (``sparse=True``), as a plain PyTorch recommender would train them.
+    """
+
+    def __init__(self, num_embeddings: Mapping[str, int], embedding_dim: int, sparse: bool = True) -> None:
         super().__init__()
-        self.tables = nn.ModuleDict({t: nn.Embedding(n, embedding_dim) for t, n in num_embeddings.items()})
-        for emb in self.tables.values():
+        # Named like EmbeddingCollection.embeddings so state dicts are interchangeable between backends.
+        self.embeddings = nn.ModuleDict(
+            {t: nn.EmbeddingBag(n, embedding_dim, mode="sum", sparse=sparse) for t, n in num_embeddings.items()}
+        )
+        for emb in self.embeddings.values():
             init_table_(emb.weight)
         self._feature_table = {f: t for t in num_embeddings for f in TABLE_FEATURES[t]}
 
     def forward(self, features: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
         out: dict[str, JaggedTensor] = {}
         for name, jt in features.to_dict().items():
-            out[name] = JaggedTensor(values=self.tables[self._feature_table[name]](jt.values()), lengths=jt.lengths())
+            ids_L = jt.values()
+            single_id_bags = torch.arange(ids_L.numel(), device=ids_L.device)
+            rows_LD = self.embeddings[self._feature_table[name]](ids_L, single_id_bags)
+            out[name] = JaggedTensor(values=rows_LD, lengths=jt.lengths())
         return out
 
 

@@ -76,7 +76,9 @@ class RankingModel(nn.Module):
         if missing:
             raise ValueError(f"formulation {formulation} needs tables {sorted(missing)} in num_embeddings")
         self.task_names = list(task_names)
-        self.sparse_arch = build_sparse_arch({t: num_embeddings[t] for t in self.tables}, embedding_dim, embedding_backend)
+        self.sparse_arch = build_sparse_arch(
+            {t: num_embeddings[t] for t in self.tables}, embedding_dim, embedding_backend
+        )
 
         def make_pool() -> nn.Module:
             if pooling == "attention":

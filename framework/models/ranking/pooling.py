@@ -6,9 +6,20 @@ Legend: B = batch, L = total list elements, D = embedding dim, H = heads, d = D 
 from __future__ import annotations
 
 import torch
+from scalefirst_kernels import ops
 from torch import nn
 
-from scalefirst_kernels import ops
+from framework.models.ranking.embeddings import init_table_
+
+
+def _time_embedding(num_time_buckets: int, dim: int) -> nn.Embedding | None:
+    if num_time_buckets <= 0:
+        return None
+    emb = nn.Embedding(num_time_buckets, dim)
+    # Same scale as the id rows it is added to; nn.Embedding's N(0, 1) would dominate them and, summed over a
+    # list, blow up the quadratic DCN cross layers.
+    init_table_(emb.weight)
+    return emb
 
 
 class TargetedAttentionPooling(nn.Module):
@@ -25,7 +36,7 @@ class TargetedAttentionPooling(nn.Module):
         self.q_proj = nn.Linear(dim, dim)
         self.kv_proj = nn.Linear(dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
-        self.time_emb = nn.Embedding(num_time_buckets, dim) if num_time_buckets > 0 else None
+        self.time_emb = _time_embedding(num_time_buckets, dim)
         self.kernel_backend = kernel_backend
 
     def forward(
@@ -51,7 +62,7 @@ class SumPooling(nn.Module):
     def __init__(self, dim: int, mean: bool = False, num_time_buckets: int = 0):
         super().__init__()
         self.mean = mean
-        self.time_emb = nn.Embedding(num_time_buckets, dim) if num_time_buckets > 0 else None
+        self.time_emb = _time_embedding(num_time_buckets, dim)
 
     def forward(
         self, target_BD: torch.Tensor, hist_LD: torch.Tensor, offsets_B1: torch.Tensor, time_L: torch.Tensor | None

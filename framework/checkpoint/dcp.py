@@ -1,0 +1,124 @@
+"""torch.distributed.checkpoint (DCP) checkpoints with atomic commit, resharding on load, and plain export.
+
+Layout under ``<run_dir>/checkpoints``::
+
+    step_00000120/            committed (the rename is the commit; a crash before it leaves only *.partial)
+        .metadata  __*_*.distcp   DCP shards (sharded tables saved by their owners, replicated tensors once)
+        meta.json                 step, world size, sharding plan, resolved config, trainer state
+    step_00000240.partial/    an interrupted save: never loaded, removed by the next save
+
+DCP stores sharded tensors by global offsets, so a checkpoint saved on 2 ranks table-wise loads on 1 rank,
+column-wise, or into an unsharded model (:func:`export_plain`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+logger = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+FAULT_ENV = "SCALEFIRST_FAULT"
+"""Fault injection for crash tests: ``kill_after_step=N`` (SIGKILL once step N is committed) or
+``kill_in_save=N`` (SIGKILL after the shards of step N are written, before the commit)."""
+
+
+def _fault(kind: str, step: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec == f"{kind}={step}":
+        logger.warning("fault injection: %s at step %d, killing rank with SIGKILL", kind, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    """Saves and finds committed DCP checkpoints. All ranks call ``save``/``load`` collectively."""
+
+    def __init__(self, root: str | Path, *, keep: int = 2, rank: int = 0) -> None:
+        self.root = Path(root)
+        self.keep = keep
+        self.rank = rank
+
+    def committed(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        steps = [p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+        return sorted(steps, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+    def latest(self) -> Path | None:
+        committed = self.committed()
+        return committed[-1] if committed else None
+
+    def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
+        final = self.root / f"step_{step:08d}"
+        partial = self.root / f"step_{step:08d}.partial"
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob("*.partial"):
+                shutil.rmtree(stale)  # left by a crashed save; never complete
+            if final.exists():
+                shutil.rmtree(final)  # re-saving the same step (e.g. after a resume) replaces it
+        _barrier()
+        dcp.save(dict(state), checkpoint_id=str(partial))
+        _fault("kill_in_save", step)
+        _barrier()
+        if self.rank == 0:
+            meta_path = partial / "meta.json"
+            with open(meta_path, "w") as f:
+                json.dump({"step": step, **meta}, f, indent=2, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(partial)
+            os.replace(partial, final)  # atomic on POSIX: the checkpoint exists completely or not at all
+            _fsync_dir(self.root)
+            for old in self.committed()[: -self.keep]:
+                shutil.rmtree(old)
+        _barrier()
+        _fault("kill_after_step", step)
+        return final
+
+    @staticmethod
+    def read_meta(path: str | Path) -> dict[str, Any]:
+        meta_path = Path(path) / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: not a committed scalefirst checkpoint (meta.json missing)")
+        return json.loads(meta_path.read_text())
+
+    @staticmethod
+    def load(path: str | Path, state: dict[str, Any]) -> None:
+        """Fill ``state`` in place from the checkpoint (resharding as needed)."""
+        path = Path(path)
+        if not (path / ".metadata").is_file():
+            raise FileNotFoundError(f"{path}: no DCP .metadata, not a complete checkpoint")
+        dcp.load(state, checkpoint_id=str(path))
+
+
+def load_model_state_plain(path: str | Path, model: torch.nn.Module) -> None:
+    """Load the model part of a (sharded) checkpoint into an unsharded model in this single process."""
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    model.load_state_dict(state["model"])

@@ -1,0 +1,38 @@
+"""Export a (sharded, any world size) ranking checkpoint to a plain state dict for single-process inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from framework.checkpoint.dcp import Checkpointer, load_model_state_plain
+from framework.config.loader import from_dict
+from framework.config.schema import RankingJobConfig
+from framework.models.ranking.model import RankingModel, build_ranking_model
+
+
+def _model_from_meta(meta: dict[str, Any]) -> RankingModel:
+    cfg = from_dict(RankingJobConfig, meta["config"])
+    return build_ranking_model(cfg.model, meta["num_embeddings"], meta["task_names"], cfg.data.num_time_buckets)
+
+
+def export_plain(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write ``{"state_dict", "meta"}`` loadable by :func:`load_exported` without torch.distributed."""
+    meta = Checkpointer.read_meta(checkpoint)
+    model = _model_from_meta(meta)
+    load_model_state_plain(checkpoint, model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    tmp.replace(out)
+    return out
+
+
+def load_exported(path: str | Path) -> RankingModel:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model = _model_from_meta(payload["meta"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()

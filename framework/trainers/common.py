@@ -1,0 +1,95 @@
+"""Helpers shared by trainer families: run directory, progress bar, scalar logging, results JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD commit of the repository this code runs from (None outside a git checkout)."""
+    root = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_json_atomic(path: str | Path, payload: Mapping[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def environment_info() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+class ScalarLogger:
+    """TensorBoard scalars on rank 0; a no-op elsewhere or when disabled."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool) -> None:
+        self._writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, scalars: Mapping[str, float], step: int) -> None:
+        if self._writer is not None:
+            for name, value in scalars.items():
+                self._writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+
+
+class Progress:
+    """A tqdm bar on rank 0 showing global examples/s; silent on other ranks."""
+
+    def __init__(self, total: int, initial: int, examples_per_step: int, enabled: bool, desc: str) -> None:
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True) if enabled else None
+        self._examples_per_step = examples_per_step
+        self._t0 = time.perf_counter()
+        self._steps = 0
+
+    def update(self, **postfix: float) -> None:
+        self._steps += 1
+        if self._bar is not None:
+            rate = self.examples_per_second
+            self._bar.set_postfix(
+                {"ex/s": f"{rate:,.0f}", **{k: f"{v:.4f}" for k, v in postfix.items()}}, refresh=False
+            )
+            self._bar.update(1)
+
+    @property
+    def examples_per_second(self) -> float:
+        elapsed = time.perf_counter() - self._t0
+        return self._steps * self._examples_per_step / elapsed if elapsed > 0 else 0.0
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

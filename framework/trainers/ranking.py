@@ -1,0 +1,245 @@
+"""Ranking trainer: data → model → TorchRec sharding → train loop with checkpoints → gathered AUC/NCE.
+
+One optimizer step at world size W is one step on the global batch (W × train.batch_size): see
+``framework.distributed.torchrec_sharding``. Training state (step, epoch, position in the epoch) is part of
+every checkpoint, and batches are a pure function of (seed, epoch, step), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from framework.checkpoint.dcp import Checkpointer
+from framework.config import save_config, to_dict
+from framework.config.schema import DataConfig, RankingJobConfig
+from framework.data.interactions import Interactions
+from framework.data.movielens import load_movielens
+from framework.data.ranking import RankingBatch, RankingData
+from framework.data.synthetic import generate_synthetic
+from framework.distributed.env import DistEnv, init_distributed
+from framework.distributed.torchrec_sharding import ShardedModel, shard_model
+from framework.metrics.ranking import RankingMetrics
+from framework.models.ranking.model import build_ranking_model
+from framework.trainers.common import (
+    Progress,
+    ScalarLogger,
+    environment_info,
+    git_commit,
+    write_json_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+def load_interactions(cfg: DataConfig) -> Interactions:
+    if cfg.source == "movielens":
+        assert cfg.path is not None  # validated by DataConfig
+        return load_movielens(cfg.path, positive_threshold=cfg.positive_threshold, fmt=cfg.format)
+    s = cfg.synthetic
+    return generate_synthetic(
+        num_users=s.num_users,
+        num_items=s.num_items,
+        num_events=s.num_events,
+        task_names=s.tasks,
+        days=s.days,
+        seed=s.seed,
+    )
+
+
+def build_data(cfg: RankingJobConfig, inter: Interactions | None = None) -> RankingData:
+    return RankingData(
+        inter if inter is not None else load_interactions(cfg.data),
+        formulation=cfg.model.formulation,
+        max_item_hist=cfg.data.max_item_hist,
+        max_user_hist=cfg.data.max_user_hist,
+        hash_sizes=dict(cfg.model.hash_size),
+        num_time_buckets=cfg.data.num_time_buckets,
+        split=cfg.data.split,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.train.seed,
+    )
+
+
+def loss_fn(logits_BT: torch.Tensor, batch: RankingBatch) -> torch.Tensor:
+    """Mean BCE over this batch's examples and tasks (padding rows weigh 0). Ranks average it implicitly:
+    DDP and TorchRec's all-to-all both divide gradients by the world size."""
+    bce_BT = F.binary_cross_entropy_with_logits(logits_BT, batch.labels, reduction="none")
+    return (bce_BT * batch.weights[:, None]).sum() / (batch.batch_size * logits_BT.shape[1])
+
+
+def train_step(sm: ShardedModel, batch: RankingBatch) -> torch.Tensor:
+    sm.model.train()
+    sm.optimizer.zero_grad()
+    logits_BT = sm.model(batch.sparse, batch.time_buckets)
+    loss = loss_fn(logits_BT, batch)
+    loss.backward()
+    sm.optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, data: RankingData, env: DistEnv, batch_size: int, max_examples: int | None
+) -> dict[str, float]:
+    """Gathered per-task AUC / NCE over the test split (every rank returns the same dict)."""
+    model.eval()
+    metrics = RankingMetrics(list(data.task_names))
+    for batch in data.batches(
+        "test", batch_size=batch_size, rank=env.rank, world_size=env.world_size, max_examples=max_examples
+    ):
+        batch = batch.to(env.device)
+        metrics.update(model(batch.sparse, batch.time_buckets), batch.labels, batch.weights)
+    return metrics.compute()
+
+
+def checkpoint_state(sm: ShardedModel, state: TrainState) -> dict[str, Any]:
+    return {"model": sm.model.state_dict(), "optim": sm.optimizer.state_dict(), "trainer": asdict(state)}
+
+
+def restore(ckpt_dir: Path, sm: ShardedModel, state: TrainState) -> None:
+    app = checkpoint_state(sm, state)
+    Checkpointer.load(ckpt_dir, app)
+    sm.model.load_state_dict(app["model"])
+    sm.optimizer.load_state_dict(app["optim"])
+    for key, value in app["trainer"].items():
+        setattr(state, key, int(value))
+
+
+def train(cfg: RankingJobConfig) -> dict[str, Any]:
+    """Run one ranking job; returns the final results (same dict on every rank)."""
+    env = init_distributed(cfg.sharding.device)
+    run_dir = Path(cfg.train.run_dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.train.seed)
+    t_data = time.perf_counter()
+    data = build_data(cfg)
+    data_seconds = time.perf_counter() - t_data
+    collisions = {t: asdict(s) for t, s in data.collision_stats().items()}
+    if env.is_main:
+        for t, s in collisions.items():
+            logger.info(
+                "table %s: %d ids → %d rows, collision rate %.4f",
+                t,
+                s["distinct_ids"],
+                data.num_embeddings[t],
+                s["collision_rate"],
+            )
+
+    model = build_ranking_model(cfg.model, data.num_embeddings, data.task_names, cfg.data.num_time_buckets)
+    sm = shard_model(
+        model,
+        tables=data.num_embeddings,
+        embedding_dim=cfg.model.embedding_dim,
+        sharding_type=cfg.sharding.sharding_type,
+        optim=cfg.optim,
+        env=env,
+    )
+    # Materialize lazily-created optimizer state now, so a fresh run and a resumed run see the same state keys.
+    sm.optimizer.init_state()
+
+    state = TrainState()
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, rank=env.rank)
+    latest = ckpt.latest() if cfg.train.resume else None
+    if latest is not None:
+        restore(latest, sm, state)
+        if env.is_main:
+            logger.info("resumed from %s at step %d (epoch %d)", latest, state.step, state.epoch)
+
+    B, W = cfg.train.batch_size, env.world_size
+    global_batch = B * W
+    steps_per_epoch = data.num_batches("train", B, W)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"train split has fewer examples than one global batch ({global_batch}); lower train.batch_size"
+        )
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    meta = {
+        "world_size": W,
+        "config": to_dict(cfg),
+        "plan": sm.plan_summary(),
+        "num_embeddings": data.num_embeddings,
+        "task_names": list(data.task_names),
+    }
+
+    def save(step: int) -> None:
+        ckpt.save(step, checkpoint_state(sm, state), meta)
+
+    scalars = ScalarLogger(run_dir / "tb", enabled=cfg.train.tensorboard and env.is_main)
+    progress = Progress(
+        total_steps, state.step, global_batch, cfg.train.progress and env.is_main, cfg.model.formulation
+    )
+    loss_sum, loss_n, last_saved = torch.zeros(()), 0, -1
+    while state.step < total_steps:
+        for batch in data.batches(
+            "train", batch_size=B, rank=env.rank, world_size=W, epoch=state.epoch, start_step=state.step_in_epoch
+        ):
+            loss = train_step(sm, batch.to(env.device))
+            state.step += 1
+            state.step_in_epoch += 1
+            loss_sum += loss.cpu()
+            loss_n += 1
+            progress.update(loss=float(loss))
+            if state.step % cfg.train.log_every == 0:
+                scalars.log(
+                    {"train/loss": float(loss_sum) / loss_n, "train/examples_per_s": progress.examples_per_second},
+                    state.step,
+                )
+                loss_sum, loss_n = torch.zeros(()), 0
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                save(state.step)
+                last_saved = state.step
+            if state.step >= total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+    progress.close()
+    train_examples_per_s = progress.examples_per_second
+    if last_saved != state.step:
+        save(state.step)
+
+    t_eval = time.perf_counter()
+    test = evaluate(sm.model, data, env, cfg.train.eval_batch_size, cfg.train.eval_max_examples)
+    results = {
+        "formulation": cfg.model.formulation,
+        "pooling": cfg.model.pooling,
+        "steps": state.step,
+        "world_size": W,
+        "global_batch": global_batch,
+        "train_examples_per_s": train_examples_per_s,
+        "eval_seconds": time.perf_counter() - t_eval,
+        "data_seconds": data_seconds,
+        "test": test,
+        "collisions": collisions,
+        "num_embeddings": data.num_embeddings,
+        "plan": sm.plan_summary(),
+        "git_commit": git_commit(),
+        "env": environment_info(),
+        "config": to_dict(cfg),
+    }
+    scalars.log({f"test/{k}": v for k, v in test.items()}, state.step)
+    scalars.close()
+    if env.is_main:
+        write_json_atomic(run_dir / "metrics.json", results)
+        logger.info("test: %s", {k: round(v, 4) for k, v in test.items()})
+    return results

@@ -1,0 +1,25 @@
+"""Shared pytest fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The MovieLens-100k directory, read in place (research license: never copy it).
+
+    Located by $SCALEFIRST_ML100K, else <repo>/../shared/data/ml-100k. Missing data
+    skips the test locally but fails it under CI, where silently skipping would hide
+    that the real-data checks never ran.
+    """
+    path = Path(os.environ.get("SCALEFIRST_ML100K", _REPO_ROOT.parent / "shared" / "data" / "ml-100k"))
+    if not (path / "u.data").is_file():
+        reason = f"MovieLens-100k not found at {path} (set SCALEFIRST_ML100K to the directory with u.data)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
