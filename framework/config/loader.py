@@ -8,6 +8,7 @@ overrides. Every leaf value remembers where it came from, so an unknown key or a
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ import yaml
 T = TypeVar("T")
 
 CLI = "<command line>"
+_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -112,8 +114,17 @@ def apply_overrides(data: dict[str, Any], origin: dict[str, str], overrides: Seq
             elif not isinstance(nxt, dict):
                 raise ConfigError(f"override {key}: '{'.'.join(parts[: i + 1])}' is not a section ({CLI})")
             node = nxt
-        node[parts[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            _merge(node[parts[-1]], value, origin, CLI, key + ".")  # a{b: 1} on the command line merges, like a base
+        else:
+            node[parts[-1]] = value
         _mark(value, key, origin, CLI)
+
+
+def _parent_key(key: str) -> str:
+    if key.endswith("]"):
+        return key[: key.rindex("[")]
+    return key.rpartition(".")[0]
 
 
 def _source(origin: Mapping[str, str], key: str) -> str:
@@ -121,7 +132,7 @@ def _source(origin: Mapping[str, str], key: str) -> str:
     while probe:
         if probe in origin and origin[probe]:
             return origin[probe]
-        probe = probe.rpartition(".")[0]
+        probe = _parent_key(probe)
     return "defaults"
 
 
@@ -181,6 +192,8 @@ def _convert(value: Any, tp: Any, key: str, origin: Mapping[str, str]) -> Any:
             fail(f"expected int, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.match(value):
+            return float(value)  # PyYAML (YAML 1.1) reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             fail(f"expected float, got {value!r}")
         return float(value)

@@ -307,7 +307,8 @@ class RankingMetrics:
 
         Returns:
             ``{f"{task}/auc", f"{task}/nce", f"{task}/logloss", f"{task}/label_rate"}`` for each task, plus
-            ``"num_examples"`` (global number of accumulated rows, whatever their weights). Identical on every rank.
+            ``"num_examples"`` (global number of rows with a non-zero weight for some task: padding rows do
+            not count). Identical on every rank.
             Undefined metrics (e.g. AUC with one class, anything with no data) are ``nan``.
 
         Raises:
@@ -329,7 +330,7 @@ class RankingMetrics:
             # AUC on logits: same ranking as on sigmoid(logits) without the ties float saturation would create.
             out[f"{task}/auc"] = auc(x, y, w)
             out[f"{task}/nce"], out[f"{task}/logloss"], out[f"{task}/label_rate"] = _logit_metrics(x, y, w)
-        out["num_examples"] = float(merged.shape[0])
+        out["num_examples"] = float((weights > 0).any(dim=1).sum()) if merged.shape[0] else 0.0
         return out
 
     def reset(self) -> None:

@@ -106,8 +106,14 @@ def evaluate(
     return metrics.compute()
 
 
+_TRAINER_FIELDS = ("step", "epoch", "step_in_epoch")
+
+
 def checkpoint_state(sm: ShardedModel, state: TrainState) -> dict[str, Any]:
-    return {"model": sm.model.state_dict(), "optim": sm.optimizer.state_dict(), "trainer": asdict(state)}
+    # Trainer counters travel as one int64 tensor: a table-wise rank lacks the tables it does not own, which sends
+    # DCP's loader down its pre-2.4 key-compatibility path, where a dict of Python ints is not flattened alike.
+    counters = torch.tensor([getattr(state, f) for f in _TRAINER_FIELDS], dtype=torch.int64)
+    return {"model": sm.model.state_dict(), "optim": sm.optimizer.state_dict(), "trainer": counters}
 
 
 def restore(ckpt_dir: Path, sm: ShardedModel, state: TrainState) -> None:
@@ -115,8 +121,8 @@ def restore(ckpt_dir: Path, sm: ShardedModel, state: TrainState) -> None:
     Checkpointer.load(ckpt_dir, app)
     sm.model.load_state_dict(app["model"])
     sm.optimizer.load_state_dict(app["optim"])
-    for key, value in app["trainer"].items():
-        setattr(state, key, int(value))
+    for field, value in zip(_TRAINER_FIELDS, app["trainer"].tolist(), strict=True):
+        setattr(state, field, int(value))
 
 
 def train(cfg: RankingJobConfig) -> dict[str, Any]:

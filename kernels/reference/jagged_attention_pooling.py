@@ -37,8 +37,8 @@ def jagged_attention_pooling(
     B, H, d = q_BHd.shape
     L = k_LHd.shape[0]
     out_dtype = v_LHd.dtype
-    if L == 0:
-        return q_BHd.new_zeros((B, H, d), dtype=out_dtype)
+    # No early return for L == 0: the general path yields zeros that stay connected to q/k/v in autograd, so
+    # DDP still sees (zero) gradients for the projections when a whole batch has empty lists.
     q, k, v = q_BHd.float(), k_LHd.float(), v_LHd.float()
     seg_L = segment_ids(offsets_B1, L)
     scores_LH = (k * q.index_select(0, seg_L)).sum(-1) / math.sqrt(d)

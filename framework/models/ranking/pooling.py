@@ -67,6 +67,8 @@ class SumPooling(nn.Module):
     def forward(
         self, target_BD: torch.Tensor, hist_LD: torch.Tensor, offsets_B1: torch.Tensor, time_L: torch.Tensor | None
     ) -> torch.Tensor:
-        if self.time_emb is not None and time_L is not None:
+        if self.time_emb is not None:
+            if time_L is None:
+                raise ValueError("time buckets are required when the time encoding is enabled")
             hist_LD = hist_LD + self.time_emb(time_L)
         return ops.jagged_sum_pooling(hist_LD, offsets_B1, mean=self.mean)
