@@ -19,13 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
-    """HEAD commit of the repository this code runs from (None outside a git checkout)."""
+    """HEAD commit of the repository this code runs from, suffixed ``-dirty`` when tracked files differ from it
+    (None outside a git checkout): results name exactly the code that produced them."""
     root = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=root,
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def write_json_atomic(path: str | Path, payload: Mapping[str, Any]) -> None:
