@@ -78,10 +78,8 @@ class Checkpointer:
         partial = self.root / f"step_{step:08d}.partial"
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob("*.partial"):
-                shutil.rmtree(stale)  # left by a crashed save; never complete
-            if final.exists():
-                shutil.rmtree(final)  # re-saving the same step (e.g. after a resume) replaces it
+            for stale in [*self.root.glob("*.partial"), *self.root.glob("*.replaced")]:
+                shutil.rmtree(stale)  # left by a crashed save; never complete / already superseded
         _barrier()
         dcp.save(dict(state), checkpoint_id=str(partial))
         _fault("kill_in_save", step)
@@ -93,8 +91,14 @@ class Checkpointer:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(partial)
+            replaced = None
+            if final.exists():  # re-saving a step: keep the old copy until the new one is committed
+                replaced = final.with_name(final.name + ".replaced")
+                os.replace(final, replaced)
             os.replace(partial, final)  # atomic on POSIX: the checkpoint exists completely or not at all
             _fsync_dir(self.root)
+            if replaced is not None:
+                shutil.rmtree(replaced)
             for old in self.committed()[: -self.keep]:
                 shutil.rmtree(old)
         _barrier()

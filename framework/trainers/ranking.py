@@ -194,7 +194,8 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
     progress = Progress(
         total_steps, state.step, global_batch, cfg.train.progress and env.is_main, cfg.model.formulation
     )
-    loss_sum, loss_n, last_saved = torch.zeros(()), 0, -1
+    loss_sum, loss_n = torch.zeros(()), 0
+    last_saved = state.step if latest is not None else -1  # a resumed state is already on disk
     while state.step < total_steps:
         for batch in data.batches(
             "train", batch_size=B, rank=env.rank, world_size=W, epoch=state.epoch, start_step=state.step_in_epoch

@@ -1,0 +1,51 @@
+"""Checkpointer commit rules in one process (the 2-rank behaviour is in tests/distributed and integration)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from framework.checkpoint.dcp import Checkpointer
+
+
+def _save(ckpt: Checkpointer, step: int, value: float) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP warns that it runs without a process group
+        return ckpt.save(step, {"w": torch.full((3,), value)}, {"note": value})
+
+
+def _load(path: Path) -> torch.Tensor:
+    state = {"w": torch.zeros(3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Checkpointer.load(path, state)
+    return state["w"]
+
+
+def test_latest_is_newest_committed_and_old_ones_are_pruned(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        _save(ckpt, step, float(step))
+    assert [p.name for p in ckpt.committed()] == ["step_00000002", "step_00000003"]
+    assert torch.equal(_load(ckpt.latest()), torch.full((3,), 3.0))
+    assert Checkpointer.read_meta(ckpt.latest()) == {"step": 3, "note": 3.0}
+
+
+def test_resaving_a_step_replaces_it_only_after_the_new_copy_is_committed(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, keep=3)
+    _save(ckpt, 5, 1.0)
+    _save(ckpt, 5, 2.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000005"]
+    assert torch.equal(_load(ckpt.latest()), torch.full((3,), 2.0))
+
+
+def test_leftovers_of_crashed_saves_are_ignored_then_cleaned(tmp_path: Path) -> None:
+    ckpt = Checkpointer(tmp_path, keep=3)
+    _save(ckpt, 4, 4.0)
+    (tmp_path / "step_00000008.partial").mkdir()  # crash while writing step 8
+    (tmp_path / "step_00000006.replaced").mkdir()  # crash while re-saving step 6
+    assert ckpt.latest() == tmp_path / "step_00000004"
+    _save(ckpt, 9, 9.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000009"]
