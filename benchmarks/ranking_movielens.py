@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     for formulation in args.formulations:
         for seed in args.seeds:
             r = run_one(args, formulation, seed)
-            print(f"{formulation:7s} seed {seed}: test AUC {r['test_auc']:.4f}  NCE {r['test_nce']:.4f}  ({r['wall_s']:.0f}s)", flush=True)
+            print(
+                f"{formulation:7s} seed {seed}: test AUC {r['test_auc']:.4f}  NCE {r['test_nce']:.4f}  ({r['wall_s']:.0f}s)",
+                flush=True,
+            )
             runs.append(r)
 
     summary = {}
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, payload)
     print("\n| formulation | test AUC (mean ± std) | test NCE (mean ± std) | seeds |\n|---|---|---|---|")
     for f, s in summary.items():
-        print(f"| {f} | {s['auc_mean']:.4f} ± {s['auc_std']:.4f} | {s['nce_mean']:.4f} ± {s['nce_std']:.4f} | {s['seeds']} |")
+        print(
+            f"| {f} | {s['auc_mean']:.4f} ± {s['auc_std']:.4f} | {s['nce_mean']:.4f} ± {s['nce_std']:.4f} | {s['seeds']} |"
+        )
     print(f"\nwrote {args.out}")
     return 0
 

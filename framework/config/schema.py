@@ -160,6 +160,8 @@ class TrainConfig:
     """Resume from the newest committed checkpoint in run_dir if there is one."""
     log_every: int = 20
     """Steps between TensorBoard scalar writes."""
+    prefetch_batches: int = 2
+    """Training batches built ahead in a background thread (0 = build them on the training thread)."""
     progress: bool = True
     """Show a progress bar (rank 0) with examples/s."""
     tensorboard: bool = True
@@ -168,6 +170,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "eval_batch_size", "epochs", "max_steps", "eval_max_examples")
         _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
 
 
 @dataclass(kw_only=True, slots=True)

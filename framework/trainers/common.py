@@ -6,16 +6,20 @@ import json
 import logging
 import os
 import platform
+import queue
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_DONE = object()
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -95,3 +99,62 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class Prefetcher(Iterator[T]):
+    """Runs an iterator ``depth`` items ahead in a background thread, same order, errors re-raised in the caller.
+
+    Batch construction is numpy-heavy (it releases the GIL), so it fills the time a rank otherwise spends blocked
+    in collectives. ``depth=0`` iterates on the calling thread. Use as a context manager, or call ``close()``
+    when leaving the loop early, so the worker stops.
+    """
+
+    def __init__(self, source: Iterator[T], depth: int) -> None:
+        self._source = source
+        self._depth = depth
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._work, name="batch-prefetch", daemon=True)
+            self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(item):
+                    return
+            self._put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            self._put(e)
+
+    def __next__(self) -> T:
+        if self._thread is None:
+            return next(self._source)
+        item = self._queue.get()
+        if item is _DONE:
+            self._queue.put(_DONE)  # keep answering StopIteration
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

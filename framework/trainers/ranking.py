@@ -28,6 +28,7 @@ from framework.distributed.torchrec_sharding import ShardedModel, shard_model
 from framework.metrics.ranking import RankingMetrics
 from framework.models.ranking.model import build_ranking_model
 from framework.trainers.common import (
+    Prefetcher,
     Progress,
     ScalarLogger,
     environment_info,
@@ -197,29 +198,29 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
     loss_sum, loss_n = torch.zeros(()), 0
     last_saved = state.step if latest is not None else -1  # a resumed state is already on disk
     while state.step < total_steps:
-        for batch in data.batches(
+        epoch_batches = data.batches(
             "train", batch_size=B, rank=env.rank, world_size=W, epoch=state.epoch, start_step=state.step_in_epoch
-        ):
-            loss = train_step(sm, batch.to(env.device))
-            state.step += 1
-            state.step_in_epoch += 1
-            loss_sum += loss.cpu()
-            loss_n += 1
-            progress.update(loss=float(loss))
-            if state.step % cfg.train.log_every == 0:
-                scalars.log(
-                    {"train/loss": float(loss_sum) / loss_n, "train/examples_per_s": progress.examples_per_second},
-                    state.step,
-                )
-                loss_sum, loss_n = torch.zeros(()), 0
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                save(state.step)
-                last_saved = state.step
-            if state.step >= total_steps:
-                break
-        else:
-            state.epoch += 1
-            state.step_in_epoch = 0
+        )
+        with Prefetcher(epoch_batches, cfg.train.prefetch_batches) as batches:
+            for batch in batches:
+                loss = train_step(sm, batch.to(env.device))
+                state.step += 1
+                state.step_in_epoch += 1
+                loss_sum += loss.cpu()
+                loss_n += 1
+                progress.update(loss=float(loss))
+                if state.step % cfg.train.log_every == 0:
+                    rate = progress.examples_per_second
+                    scalars.log({"train/loss": float(loss_sum) / loss_n, "train/examples_per_s": rate}, state.step)
+                    loss_sum, loss_n = torch.zeros(()), 0
+                if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                    save(state.step)
+                    last_saved = state.step
+                if state.step >= total_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.step_in_epoch = 0
     progress.close()
     train_examples_per_s = progress.examples_per_second
     if last_saved != state.step:

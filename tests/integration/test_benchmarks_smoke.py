@@ -1,0 +1,27 @@
+"""Smoke test of benchmarks/ranking_throughput.py: a --quick run end to end (torchrun with 2 ranks + plain baseline)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_ranking_throughput_quick(tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    cmd = [sys.executable, "benchmarks/ranking_throughput.py", "--quick", "--formulations", "ucr", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    result = json.loads(out.read_text())
+    row = result["formulations"]["ucr"]
+    assert row["sharded_examples_per_s"] > 0
+    assert row["plain_examples_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["sharded_examples_per_s"] / row["plain_examples_per_s"])
+    assert row["global_batch"] == 2 * 1024  # 2 ranks x train.batch_size of configs/ranking/din_throughput.yaml
+    assert row["plan"]["user"]["sharding_type"] == "table_wise"
+    assert {"date", "device", "torch", "git_commit", "command", "method", "goals"} <= result.keys()
