@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed import comm_ops
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -229,11 +228,3 @@ def shard_model(
     if env.is_main:
         logger.info("sharding plan:\n%s", plan)
     return ShardedModel(model=dmp, optimizer=optimizer, plan=plan)
-
-
-def unwrap(dmp: nn.Module) -> nn.Module:
-    """The user's model inside DMP (and DDP) wrappers."""
-    module = dmp.module if isinstance(dmp, DistributedModelParallel) else dmp
-    while isinstance(module, DistributedDataParallel):
-        module = module.module
-    return module

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -91,7 +91,3 @@ def build_sparse_arch(
     if backend == "torch":
         return TorchEmbeddings(num_embeddings, embedding_dim)
     raise ValueError(f"unknown embedding backend {backend!r}; choose torchrec or torch")
-
-
-def features_for(tables: Sequence[str]) -> list[str]:
-    return [f for t in tables for f in TABLE_FEATURES[t]]
