@@ -1,0 +1,1 @@
+"""Losses: CLIP InfoNCE and RankCLIP ranking consistency (contrastive.py)."""

@@ -1,0 +1,114 @@
+"""CLIP InfoNCE and RankCLIP's Plackett-Luce ranking-consistency losses (thesis chapter 4, eqs. 4.2-4.6).
+
+Legend: N = batch (global, after gathering), D = embedding dim. Inputs are L2-normalized embeddings.
+
+Reading of eq. 4.6 (stated because the thesis writes L_PL = -log prod_k mu_k * pi(y_k | y_<k)): taken literally,
+``-sum_k log mu_k`` is a constant and the decay would not change any gradient, so we implement the weighted
+ListMLE ``L_PL = -sum_k mu_k * log pi(y_k | y_<k)`` with ``mu_k = 1 / log(k + 1)`` (k = 1 is the top rank), averaged
+over the N rows of the ego matrix. ``pi(d | y_<k) = exp(m(d)) / sum_{d' not yet placed} exp(m(d'))`` where ``m`` is
+the ego row and ``y`` the items sorted by the reference row, descending (stable sort: ties keep index order, or
+``tie_break="random"`` shuffles them). The reference only orders items, so no gradient flows through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Decay = Literal["log", "none"]
+TieBreak = Literal["stable", "random"]
+
+
+def clip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE (eq. 4.2): mean of image→text and text→image cross-entropies, targets on the diagonal."""
+    logits_NN = logit_scale * img_ND @ txt_ND.T
+    targets = torch.arange(img_ND.shape[0], device=img_ND.device)
+    return 0.5 * (F.cross_entropy(logits_NN, targets) + F.cross_entropy(logits_NN.T, targets))
+
+
+def rank_weights(
+    n: int, decay: Decay, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """mu_k for k = 1..n: 1/log(k+1) (``log``) or 1 (``none``, plain ListMLE)."""
+    k = torch.arange(1, n + 1, device=device, dtype=dtype)
+    return 1.0 / torch.log(k + 1.0) if decay == "log" else torch.ones_like(k)
+
+
+def plackett_luce_loss(
+    ego_NM: torch.Tensor,
+    ref_NM: torch.Tensor,
+    *,
+    decay: Decay = "log",
+    tie_break: TieBreak = "stable",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Position-weighted ListMLE of each ego row against the order given by the same row of ``ref``.
+
+    Returns the mean over rows of ``-sum_k mu_k * log pi(y_k | y_<k)`` (see the module docstring).
+    """
+    if ego_NM.shape != ref_NM.shape or ego_NM.dim() != 2:
+        raise ValueError(f"ego and ref must be equal 2-D shapes, got {tuple(ego_NM.shape)} and {tuple(ref_NM.shape)}")
+    n, m = ego_NM.shape
+    if n == 0 or m == 0:
+        return ego_NM.sum() * 0.0
+    ref = ref_NM.detach()
+    if tie_break == "random":
+        # Shuffle columns first: the stable sort then breaks ties in a random (but seeded) order.
+        perm_NM = torch.argsort(torch.rand(n, m, generator=generator, device=ref.device), dim=1)
+        order_NM = perm_NM.gather(1, torch.argsort(ref.gather(1, perm_NM), dim=1, descending=True, stable=True))
+    elif tie_break == "stable":
+        order_NM = torch.argsort(ref, dim=1, descending=True, stable=True)
+    else:
+        raise ValueError(f"tie_break must be 'stable' or 'random', got {tie_break!r}")
+    # fp32 at least (logcumsumexp over half-precision scores loses the top ranks), float64 kept as is.
+    scores_NM = ego_NM.to(torch.promote_types(ego_NM.dtype, torch.float32)).gather(1, order_NM)
+    # log sum_{j >= k} exp(s_j): a reverse cumulative logsumexp over the ranked scores.
+    tail_lse_NM = torch.logcumsumexp(scores_NM.flip(1), dim=1).flip(1)
+    log_pi_NM = scores_NM - tail_lse_NM
+    mu_M = rank_weights(m, decay, ego_NM.device, scores_NM.dtype)
+    return -(log_pi_NM * mu_M).sum(1).mean()
+
+
+@dataclass(frozen=True, slots=True)
+class RankCLIPLossConfig:
+    lambda_in: float = 1.0 / 16
+    """Weight of the in-modal term (0 gives RankCLIP_C)."""
+    lambda_cross: float = 1.0 / 16
+    """Weight of the cross-modal term (0 gives RankCLIP_I)."""
+    decay: Decay = "log"
+    """Rank weights mu_k: 1/log(k+1) (thesis) or none (plain ListMLE)."""
+    symmetric_in_modal: bool = False
+    """Also rank v v^T by t t^T and average both directions (the thesis states one direction)."""
+    scale_by_temperature: bool = False
+    """Ego scores are logit_scale * cosine (the authors' code) instead of the raw cosine (thesis text)."""
+    tie_break: TieBreak = "stable"
+    """Order of tied reference scores: index order, or a seeded shuffle (authors' code)."""
+
+
+def rankclip_loss(
+    img_ND: torch.Tensor,
+    txt_ND: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    cfg: RankCLIPLossConfig = RankCLIPLossConfig(),
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """L = L_CLIP + lambda_in * L_in + lambda_cross * L_cross; returns every term and ``loss``.
+
+    In-modal: ego t t^T ranked by reference v v^T. Cross-modal: ego v t^T ranked by reference t v^T.
+    """
+    scale = logit_scale if cfg.scale_by_temperature else 1.0
+    clip = clip_loss(img_ND, txt_ND, logit_scale)
+    zero = clip.new_zeros(())
+    pl = {"decay": cfg.decay, "tie_break": cfg.tie_break, "generator": generator}
+    l_in, l_cross = zero, zero
+    if cfg.lambda_in:
+        l_in = plackett_luce_loss(scale * txt_ND @ txt_ND.T, img_ND @ img_ND.T, **pl)
+        if cfg.symmetric_in_modal:
+            l_in = 0.5 * (l_in + plackett_luce_loss(scale * img_ND @ img_ND.T, txt_ND @ txt_ND.T, **pl))
+    if cfg.lambda_cross:
+        l_cross = plackett_luce_loss(scale * img_ND @ txt_ND.T, txt_ND @ img_ND.T, **pl)
+    loss = clip + cfg.lambda_in * l_in + cfg.lambda_cross * l_cross
+    return {"loss": loss, "clip": clip, "in_modal": l_in, "cross_modal": l_cross}
