@@ -13,7 +13,9 @@ import torch
 
 def _check_pairs(img_ND: torch.Tensor, txt_ND: torch.Tensor) -> None:
     if img_ND.dim() != 2 or img_ND.shape != txt_ND.shape:
-        raise ValueError(f"expected equal [N, D] image/text embeddings, got {tuple(img_ND.shape)} and {tuple(txt_ND.shape)}")
+        raise ValueError(
+            f"expected equal [N, D] image/text embeddings, got {tuple(img_ND.shape)} and {tuple(txt_ND.shape)}"
+        )
 
 
 def _rank_of_target(scores_NM: torch.Tensor, target_N: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""CLIP dual encoder: modified ResNet image tower, causal transformer text tower."""
