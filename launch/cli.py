@@ -93,6 +93,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_shards(args: argparse.Namespace) -> int:
+    from framework.data.shards import write_shards
+
+    shards = write_shards(args.images, args.captions, args.out, samples_per_shard=args.samples_per_shard)
+    print(f"wrote {len(shards)} shard(s) to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scalefirst", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="a committed checkpoint dir (run_dir/checkpoints/step_*)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("make-shards", help="image folder + captions CSV/TSV -> img2dataset-layout tar shards")
+    p.add_argument("--images", required=True, help="folder the captions file's image paths are relative to")
+    p.add_argument("--captions", required=True, help="CSV/TSV with header: image (or filename/file), caption")
+    p.add_argument("--out", required=True)
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.set_defaults(fn=cmd_make_shards)
 
     args = parser.parse_args(argv)
     return int(args.fn(args))
