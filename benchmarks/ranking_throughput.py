@@ -8,8 +8,8 @@ Per formulation, on ``configs/ranking/din_throughput.yaml`` (history <= 100, dim
 
 1. sharded: ``launch.train`` under torchrun with ``--nproc`` ranks (OMP_NUM_THREADS = cores / nproc each).
 2. plain: the same model with ``embedding_backend="torch"`` (one ``nn.EmbeddingBag(sparse=True)`` per table) in
-   this process, no torch.distributed, on the same global batch (batch_size * nproc); Adagrad on the sparse
-   tables (what the sharded run fuses into its backward), Adam on the dense part.
+   this process, no torch.distributed, on the same global batch (batch_size * nproc); the config's optimizers
+   (the sparse one is what the sharded run fuses into its backward; adagrad + adam in din_throughput.yaml).
 
 Both sides are timed over the same steps ``warmup+1 .. warmup+steps`` including batch construction (see METHOD).
 Goal (issue): sharded >= 1k examples/s and sharded >= 0.9x plain. Writes ``benchmarks/results/ranking_throughput.json``.
@@ -40,6 +40,11 @@ import torch  # noqa: E402
 
 from framework.config import load_job_config  # noqa: E402
 from framework.data.ranking import RankingData  # noqa: E402
+from framework.distributed.torchrec_sharding import (  # noqa: E402
+    SPARSE_PREFIX,
+    dense_optimizer_factory,
+    sparse_optimizer_spec,
+)
 from framework.models.ranking.model import build_ranking_model  # noqa: E402
 from framework.trainers.common import git_commit, write_json_atomic  # noqa: E402
 from framework.trainers.ranking import build_data, loss_fn  # noqa: E402
@@ -63,7 +68,8 @@ METHOD = (
     "`sharded_samples_incl_warmup` is metrics.json train_examples_per_s (all steps, first included). "
     "Plain: same config and overrides, build_ranking_model(embedding_backend='torch') in the benchmark process "
     "without torch.distributed, global batch = batch_size*nproc as rank 0 of world 1, "
-    "torch.optim.Adagrad(sparse_lr, eps=1e-8) on the sparse EmbeddingBag grads + Adam(dense_lr), timed with "
+    "the config's optimizers (sparse_optimizer_spec / dense_optimizer_factory: Adagrad + Adam here) on sparse "
+    "EmbeddingBag grads and dense params, timed with "
     "perf_counter around steps warmup+1..warmup+steps of the same data.batches generator, once per thread count "
     "in `plain_threads` (all cores, and 1: with other load on the machine, OpenMP intra-op threads can make the "
     "all-cores run several times slower than one thread); the baseline is the fastest plain sample. "
@@ -155,9 +161,12 @@ def run_plain(cfg: Any, data: RankingData, global_batch: int, warmup: int, steps
     model = build_ranking_model(
         cfg.model, data.num_embeddings, data.task_names, cfg.data.num_time_buckets, embedding_backend="torch"
     )
-    sparse_ids = {id(p) for p in model.sparse_arch.parameters()}
-    sparse_opt = torch.optim.Adagrad(model.sparse_arch.parameters(), lr=cfg.optim.sparse_lr, eps=1e-8)
-    dense_opt = torch.optim.Adam([p for p in model.parameters() if id(p) not in sparse_ids], lr=cfg.optim.dense_lr)
+    # The same optimizers the sharded run uses (its sparse one fused into the TBE backward), built from the config.
+    sparse_cls, sparse_kwargs = sparse_optimizer_spec(cfg.optim)
+    sparse_opt = sparse_cls(model.sparse_arch.parameters(), **sparse_kwargs)
+    dense_opt = dense_optimizer_factory(cfg.optim)(
+        [p for n, p in model.named_parameters() if not n.startswith(SPARSE_PREFIX)]
+    )
     if data.num_batches("train", global_batch, 1) < warmup + steps:
         raise SystemExit(f"train split has fewer than {warmup + steps} global batches of {global_batch}")
     batches = data.batches("train", batch_size=global_batch, rank=0, world_size=1, epoch=0)
