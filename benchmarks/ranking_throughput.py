@@ -46,7 +46,7 @@ from framework.distributed.torchrec_sharding import (  # noqa: E402
     sparse_optimizer_spec,
 )
 from framework.models.ranking.model import build_ranking_model  # noqa: E402
-from framework.trainers.common import git_commit, write_json_atomic  # noqa: E402
+from framework.trainers.common import Prefetcher, git_commit, write_json_atomic  # noqa: E402
 from framework.trainers.ranking import build_data, loss_fn  # noqa: E402
 from launch.cli import torchrun_command  # noqa: E402
 
@@ -70,7 +70,8 @@ METHOD = (
     "without torch.distributed, global batch = batch_size*nproc as rank 0 of world 1, "
     "the config's optimizers (sparse_optimizer_spec / dense_optimizer_factory: Adagrad + Adam here) on sparse "
     "EmbeddingBag grads and dense params, timed with "
-    "perf_counter around steps warmup+1..warmup+steps of the same data.batches generator, once per thread count "
+    "perf_counter around steps warmup+1..warmup+steps of the same data.batches generator behind the trainer's "
+    "Prefetcher (train.prefetch_batches background batch construction, as on the sharded side), once per thread count "
     "in `plain_threads` (all cores, and 1: with other load on the machine, OpenMP intra-op threads can make the "
     "all-cores run several times slower than one thread); the baseline is the fastest plain sample. "
     "Each side is measured `repeats` times, sharded and plain interleaved; the best sample of each side is "
@@ -169,20 +170,22 @@ def run_plain(cfg: Any, data: RankingData, global_batch: int, warmup: int, steps
     )
     if data.num_batches("train", global_batch, 1) < warmup + steps:
         raise SystemExit(f"train split has fewer than {warmup + steps} global batches of {global_batch}")
-    batches = data.batches("train", batch_size=global_batch, rank=0, world_size=1, epoch=0)
+    source = data.batches("train", batch_size=global_batch, rank=0, world_size=1, epoch=0)
     model.train()
     start = _cpu_seconds()
-    for i in range(warmup + steps):
-        if i == warmup:
-            start = _cpu_seconds()
-        batch = next(batches)
-        sparse_opt.zero_grad()
-        dense_opt.zero_grad()
-        loss = loss_fn(model(batch.sparse, batch.time_buckets), batch)  # world of 1: mean over the global batch
-        loss.backward()
-        sparse_opt.step()
-        dense_opt.step()
-    elapsed = time.perf_counter() - start[0]
+    # The trainer's input pipeline, background batch construction included, so both sides build batches alike.
+    with Prefetcher(source, cfg.train.prefetch_batches) as batches:
+        for i in range(warmup + steps):
+            if i == warmup:
+                start = _cpu_seconds()
+            batch = next(batches)
+            sparse_opt.zero_grad()
+            dense_opt.zero_grad()
+            loss = loss_fn(model(batch.sparse, batch.time_buckets), batch)  # world of 1: mean over the global batch
+            loss.backward()
+            sparse_opt.step()
+            dense_opt.step()
+        elapsed = time.perf_counter() - start[0]
     return {"examples_per_s": steps * global_batch / elapsed, "threads": threads, "others_cores": others_cores(start)}
 
 
