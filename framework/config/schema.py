@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from framework.models.clip.model import CLIPConfig
+
 Formulation = Literal["icr", "ucr", "hybrid"]
 ShardingType = Literal["auto", "table_wise", "column_wise", "row_wise", "data_parallel"]
 
@@ -185,5 +187,157 @@ class RankingJobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-JOB_SCHEMAS: dict[str, type] = {"ranking": RankingJobConfig}
+# ---------------------------------------------------------------------------------------------- clip family
+
+
+@dataclass(kw_only=True, slots=True)
+class ClipDataConfig:
+    train_shards: str
+    """Training shards: a directory (every *.tar in it), a brace pattern (``shards/{00000..00099}.tar``) or a
+    text file listing one shard path per line (relative paths are relative to that file)."""
+    val_shards: str | None = None
+    """Held-out shards (same forms) for the end-of-run retrieval/alignment metrics; null = none."""
+    samples_per_epoch: int | None = None
+    """Nominal samples in one epoch (global). Null = count the shards' members once at start-up."""
+    resampled: bool = False
+    """Draw shards with replacement (seeded, per rank and worker) instead of deterministic shuffled passes."""
+    shuffle_buffer: int = 1000
+    """Samples in each worker's shuffle buffer (0 = no sample shuffling)."""
+    workers: int = 2
+    """DataLoader worker processes per rank (0 = load on the training process)."""
+    tokenizer: Literal["byte", "clip_bpe"] = "byte"
+    """Caption tokenizer: UTF-8 bytes (no vocabulary file) or CLIP's BPE (needs vocab_path)."""
+    vocab_path: str | None = None
+    """CLIP BPE merges file (bpe_simple_vocab_16e6.txt.gz) for tokenizer=clip_bpe."""
+    max_bad_samples: int | None = 100
+    """Bad samples (undecodable image, missing/empty caption) tolerated per rank before the run fails;
+    null = unlimited (still counted and logged)."""
+    max_bad_fraction: float = 0.01
+    """The run also fails when more than this fraction of a rank's samples so far were bad (checked after 1000)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "samples_per_epoch")
+        if self.shuffle_buffer < 0 or self.workers < 0:
+            raise ValueError(f"shuffle_buffer and workers must be >= 0, got {self.shuffle_buffer}, {self.workers}")
+        if self.tokenizer == "clip_bpe" and not self.vocab_path:
+            raise ValueError("vocab_path is required when tokenizer=clip_bpe")
+        if self.max_bad_samples is not None and self.max_bad_samples < 0:
+            raise ValueError(f"max_bad_samples must be >= 0 or null, got {self.max_bad_samples}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ClipLossConfig:
+    kind: Literal["clip", "rankclip"] = "rankclip"
+    """clip: InfoNCE only (eq. 4.2); rankclip: + Plackett-Luce ranking consistency."""
+    lambda_in: float = 1.0 / 16
+    """In-modal weight (rankclip; 0 gives RankCLIP_C)."""
+    lambda_cross: float = 1.0 / 16
+    """Cross-modal weight (rankclip; 0 gives RankCLIP_I)."""
+    decay: Literal["log", "none"] = "log"
+    """Rank weights mu_k = 1/log(k+1) (thesis) or none (plain ListMLE)."""
+    symmetric_in_modal: bool = False
+    """Also rank v v^T by t t^T and average both directions."""
+    scale_by_temperature: bool = False
+    """Ego scores multiplied by the logit scale (authors' code) instead of raw cosines (thesis)."""
+    tie_break: Literal["stable", "random"] = "stable"
+    """Order of tied reference scores."""
+    local_loss: bool = False
+    """Each rank's loss uses only its own rows against the gathered columns (open_clip local-loss); the
+    Plackett-Luce terms then rank its rows only. Default: the full global-batch loss on every rank."""
+
+    def __post_init__(self) -> None:
+        if self.lambda_in < 0 or self.lambda_cross < 0:
+            raise ValueError(f"lambda_in/lambda_cross must be >= 0, got {self.lambda_in}, {self.lambda_cross}")
+
+
+@dataclass(kw_only=True, slots=True)
+class EngineConfig:
+    backend: Literal["deepspeed", "ddp"] = "deepspeed"
+    """deepspeed: ZeRO through DeepSpeed; ddp: torch DistributedDataParallel (the comparison baseline)."""
+    zero_stage: int = 2
+    """ZeRO stage 0-3 (deepspeed only): 1 shards optimizer state, 2 + gradients, 3 + parameters."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision (bf16/fp16 keep fp32 master weights; fp16 uses dynamic loss scaling)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (global batch = batch_size * world_size * grad_accum_steps)."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this; null = no clipping."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available (nccl), else cpu (gloo, DS_ACCELERATOR=cpu)."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.backend == "ddp" and self.zero_stage:
+            raise ValueError(f"zero_stage={self.zero_stage} needs backend=deepspeed (ddp has no ZeRO)")
+        _positive(self, "grad_accum_steps", "grad_clip")
+
+
+@dataclass(kw_only=True, slots=True)
+class ClipOptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on weights with >= 2 dims; gains, biases and the logit scale are not decayed."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    warmup_steps: int = 10_000
+    """Linear warm-up steps (optimizer steps)."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """LR after warm-up: cosine decay to 0 at train.max_steps, or constant."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "eps")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, {self.warmup_steps}"
+            )
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two values in [0, 1), got {self.betas}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ClipTrainConfig:
+    batch_size: int = 64
+    """Samples per rank per micro-batch."""
+    max_steps: int
+    """Optimizer steps to train (streaming data has no natural end)."""
+    seed: int = 0
+    """Seed of parameter init, shard order, shuffle buffers and augmentation."""
+    run_dir: str = "runs/clip"
+    """Run directory: resolved config, checkpoints, metrics JSON, TensorBoard events, final fp32 model."""
+    checkpoint_every: int | None = None
+    """Save a checkpoint every this many optimizer steps (and at the end); null = only at the end."""
+    keep_checkpoints: int = 2
+    """Committed checkpoints kept (oldest removed first)."""
+    resume: bool = True
+    """Resume from the newest committed checkpoint in run_dir (any world size) if there is one."""
+    log_every: int = 10
+    """Optimizer steps between scalar logs."""
+    progress: bool = True
+    """Progress bar on rank 0 with samples/s."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to run_dir/tb."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every")
+
+
+@dataclass(kw_only=True, slots=True)
+class ClipJobConfig:
+    family: Literal["clip"] = "clip"
+    """Trainer family (selects this schema and the CLIP/RankCLIP trainer)."""
+    data: ClipDataConfig
+    model: CLIPConfig = field(default_factory=CLIPConfig)
+    loss: ClipLossConfig = field(default_factory=ClipLossConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    optim: ClipOptimConfig = field(default_factory=ClipOptimConfig)
+    train: ClipTrainConfig
+
+
+JOB_SCHEMAS: dict[str, type] = {"ranking": RankingJobConfig, "clip": ClipJobConfig}
 """family name → job config schema. New trainer families register here."""

@@ -1,0 +1,89 @@
+"""Caption tokenizers. Both return a :class:`TokenBatch`: ``tokens_BL`` (padded with 0) and ``eot_index_B``.
+
+``byte``: the UTF-8 bytes of the cleaned caption (vocabulary 259: pad 0, bytes 1..256, SOT 257, EOT 258). Needs no
+vocabulary file, so it works offline and on any text; sequences are longer than with BPE.
+``clip_bpe``: CLIP's byte-level BPE read from its merges file (``bpe_simple_vocab_16e6.txt.gz`` or a plain-text
+file in the same format), vocabulary 49408; see :mod:`framework.data.clip_bpe`.
+
+Captions are cleaned the same way for both: whitespace collapsed, stripped, lower-cased (CLIP lower-cases too).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+_WS = re.compile(r"\s+")
+
+
+def clean_caption(text: str) -> str:
+    return _WS.sub(" ", text).strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBatch:
+    tokens_BL: torch.Tensor
+    """Token ids, int64 [B, L], 0-padded after EOT."""
+    eot_index_B: torch.Tensor
+    """Position of EOT per row, int64 [B] (the text tower reads its output there)."""
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    context_length: int
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the cleaned text without SOT/EOT."""
+        ...
+
+    def __call__(self, texts: Sequence[str]) -> TokenBatch: ...
+
+
+def pack(ids: Sequence[Sequence[int]], sot: int, eot: int, context_length: int) -> TokenBatch:
+    """SOT + ids truncated to fit + EOT, 0-padded to ``context_length``."""
+    if context_length < 2:
+        raise ValueError(f"context_length must be >= 2 (SOT and EOT), got {context_length}")
+    tokens = torch.zeros(len(ids), context_length, dtype=torch.long)
+    eot_index = torch.empty(len(ids), dtype=torch.long)
+    for i, row in enumerate(ids):
+        body = list(row[: context_length - 2])
+        seq = [sot, *body, eot]
+        tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        eot_index[i] = len(seq) - 1
+    return TokenBatch(tokens, eot_index)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes of the cleaned caption; pad 0, byte b -> b + 1, SOT 257, EOT 258."""
+
+    SOT, EOT = 257, 258
+    vocab_size = 259
+
+    def __init__(self, context_length: int = 77) -> None:
+        self.context_length = context_length
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1 for b in clean_caption(text).encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i - 1 for i in ids if 1 <= i <= 256).decode("utf-8", errors="replace")
+
+    def __call__(self, texts: Sequence[str]) -> TokenBatch:
+        return pack([self.encode(t) for t in texts], self.SOT, self.EOT, self.context_length)
+
+
+def build_tokenizer(kind: str, context_length: int, vocab_path: str | None = None) -> Tokenizer:
+    """``kind``: byte | clip_bpe (``vocab_path`` = CLIP merges file)."""
+    if kind == "byte":
+        return ByteTokenizer(context_length)
+    if kind == "clip_bpe":
+        from framework.data.clip_bpe import ClipBPETokenizer
+
+        if not vocab_path:
+            raise ValueError("tokenizer clip_bpe needs vocab_path (CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        return ClipBPETokenizer(vocab_path, context_length)
+    raise ValueError(f"unknown tokenizer {kind!r}; known: byte, clip_bpe")
