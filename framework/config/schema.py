@@ -338,6 +338,18 @@ class ClipJobConfig:
     optim: ClipOptimConfig = field(default_factory=ClipOptimConfig)
     train: ClipTrainConfig
 
+    def __post_init__(self) -> None:
+        need = TOKENIZER_VOCAB[self.data.tokenizer]
+        if self.model.vocab_size < need:
+            raise ValueError(
+                f"model.vocab_size={self.model.vocab_size} is smaller than the {self.data.tokenizer} tokenizer's "
+                f"vocabulary ({need}); set model.vocab_size={need}"
+            )
+
+
+TOKENIZER_VOCAB = {"byte": 259, "clip_bpe": 49408}
+"""Vocabulary size of each data.tokenizer (the text tower's embedding table must cover it)."""
+
 
 JOB_SCHEMAS: dict[str, type] = {"ranking": RankingJobConfig, "clip": ClipJobConfig}
 """family name → job config schema. New trainer families register here."""

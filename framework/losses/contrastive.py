@@ -22,11 +22,19 @@ Decay = Literal["log", "none"]
 TieBreak = Literal["stable", "random"]
 
 
-def clip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE (eq. 4.2): mean of image→text and text→image cross-entropies, targets on the diagonal."""
-    logits_NN = logit_scale * img_ND @ txt_ND.T
-    targets = torch.arange(img_ND.shape[0], device=img_ND.device)
-    return 0.5 * (F.cross_entropy(logits_NN, targets) + F.cross_entropy(logits_NN.T, targets))
+def clip_loss(
+    img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale: torch.Tensor | float, rows: slice | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE (eq. 4.2): mean of image→text and text→image cross-entropies, targets on the diagonal.
+
+    ``rows`` (local-loss mode): only these rows (e.g. this rank's samples) against all N columns; the mean over
+    ranks of the per-rank results is the full loss, so gradients averaged over ranks are the same.
+    """
+    rows = rows or slice(0, img_ND.shape[0])
+    logits_img = logit_scale * img_ND[rows] @ txt_ND.T
+    logits_txt = logit_scale * txt_ND[rows] @ img_ND.T
+    targets = torch.arange(rows.start, rows.stop, device=img_ND.device)
+    return 0.5 * (F.cross_entropy(logits_img, targets) + F.cross_entropy(logits_txt, targets))
 
 
 def rank_weights(
@@ -94,21 +102,25 @@ def rankclip_loss(
     logit_scale: torch.Tensor | float,
     cfg: RankCLIPLossConfig = RankCLIPLossConfig(),
     generator: torch.Generator | None = None,
+    rows: slice | None = None,
 ) -> dict[str, torch.Tensor]:
     """L = L_CLIP + lambda_in * L_in + lambda_cross * L_cross; returns every term and ``loss``.
 
     In-modal: ego t t^T ranked by reference v v^T. Cross-modal: ego v t^T ranked by reference t v^T.
+    ``rows`` restricts every term to those ego rows against all columns (local-loss mode). Each term is a mean
+    over independent rows, so the mean over ranks of the per-rank losses is the full loss.
     """
+    r = rows or slice(0, img_ND.shape[0])
     scale = logit_scale if cfg.scale_by_temperature else 1.0
-    clip = clip_loss(img_ND, txt_ND, logit_scale)
+    clip = clip_loss(img_ND, txt_ND, logit_scale, rows)
     zero = clip.new_zeros(())
     pl = {"decay": cfg.decay, "tie_break": cfg.tie_break, "generator": generator}
     l_in, l_cross = zero, zero
     if cfg.lambda_in:
-        l_in = plackett_luce_loss(scale * txt_ND @ txt_ND.T, img_ND @ img_ND.T, **pl)
+        l_in = plackett_luce_loss(scale * txt_ND[r] @ txt_ND.T, img_ND[r] @ img_ND.T, **pl)
         if cfg.symmetric_in_modal:
-            l_in = 0.5 * (l_in + plackett_luce_loss(scale * img_ND @ img_ND.T, txt_ND @ txt_ND.T, **pl))
+            l_in = 0.5 * (l_in + plackett_luce_loss(scale * img_ND[r] @ img_ND.T, txt_ND[r] @ txt_ND.T, **pl))
     if cfg.lambda_cross:
-        l_cross = plackett_luce_loss(scale * img_ND @ txt_ND.T, txt_ND @ img_ND.T, **pl)
+        l_cross = plackett_luce_loss(scale * img_ND[r] @ txt_ND.T, txt_ND[r] @ img_ND.T, **pl)
     loss = clip + cfg.lambda_in * l_in + cfg.lambda_cross * l_cross
     return {"loss": loss, "clip": clip, "in_modal": l_in, "cross_modal": l_cross}

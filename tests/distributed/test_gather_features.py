@@ -34,10 +34,13 @@ def _loss(kind: str, img, txt, rows: slice | None = None):
     if kind == "rankclip":
         return rankclip_loss(img, txt, 4.0)["loss"]
     # local loss: own rows against all columns, labels offset by rank (each rank's mean; DDP averages them)
-    logits = 4.0 * img[rows] @ txt.T
-    logits_t = 4.0 * txt[rows] @ img.T
-    targets = torch.arange(rows.start, rows.stop)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits_t, targets))
+    if kind == "local":
+        logits = 4.0 * img[rows] @ txt.T
+        logits_t = 4.0 * txt[rows] @ img.T
+        targets = torch.arange(rows.start, rows.stop)
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits_t, targets))
+    # local RankCLIP through the library's rows= argument (every term is a mean over independent ego rows)
+    return rankclip_loss(img, txt, 4.0, rows=rows)["loss"]
 
 
 def _grads(params) -> list[torch.Tensor]:
@@ -60,8 +63,8 @@ def _distributed(kind: str) -> list[torch.Tensor]:
 def _single(kind: str) -> list[torch.Tensor]:
     img_proj, txt_proj, x_img, x_txt = _setup()
     img, txt = F.normalize(img_proj(x_img), dim=1), F.normalize(txt_proj(x_txt), dim=1)
-    if kind == "local":  # the global objective of local-loss mode is the plain CLIP loss
-        kind = "clip"
+    # the global objective of local-loss mode is the plain full-batch loss
+    kind = {"local": "clip", "local_rankclip": "rankclip"}.get(kind, kind)
     _loss(kind, img, txt).backward()
     return _grads([*img_proj.parameters(), *txt_proj.parameters()])
 
@@ -85,3 +88,7 @@ def test_gathered_rankclip_loss_gradients_match_single_process() -> None:
 
 def test_local_loss_mode_gradients_match_single_process() -> None:
     _check("local")
+
+
+def test_local_rankclip_mode_gradients_match_single_process() -> None:
+    _check("local_rankclip")

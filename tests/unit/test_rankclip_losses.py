@@ -125,3 +125,17 @@ def test_gradients_match_autograd_of_the_reference_math() -> None:
         (img.detach().clone().requires_grad_(), txt.detach().clone().requires_grad_()),
     )
     assert img.grad is not None and txt.grad is not None and img.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_local_rows_average_to_the_full_loss(symmetric: bool) -> None:
+    """Local-loss mode: the mean of the row-block losses (one block per rank) is the full global-batch loss."""
+    g = torch.Generator().manual_seed(3)
+    img = F.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
+    txt = F.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
+    cfg = RankCLIPLossConfig(symmetric_in_modal=symmetric)
+    full = rankclip_loss(img, txt, 7.0, cfg)
+    blocks = [rankclip_loss(img, txt, 7.0, cfg, rows=slice(r * 4, (r + 1) * 4)) for r in range(2)]
+    for term in ("loss", "clip", "in_modal", "cross_modal"):
+        torch.testing.assert_close(0.5 * (blocks[0][term] + blocks[1][term]), full[term])
+    assert not torch.allclose(blocks[0]["loss"], blocks[1]["loss"])  # the blocks differ; only their mean matches
