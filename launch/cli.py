@@ -3,6 +3,9 @@
 scalefirst demo [--nproc 2]                      ICR vs UCR vs Hybrid on generated data, prints a table
 scalefirst train --nproc 2 --config X [k=v ...]  torchrun on this machine (multi-node: use torchrun directly)
 scalefirst export --checkpoint DIR --out FILE    sharded checkpoint -> plain state dict for inference
+scalefirst make-shards --images D --captions F --out D   image folder + captions -> WebDataset tar shards
+scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline images, prints the eval table
+scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]   evaluate a finished clip run
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "ranking" / "demo.yaml"
+CLIP_DEMO_CONFIG = REPO / "configs" / "clip" / "demo.yaml"
 FORMULATIONS = ("icr", "ucr", "hybrid")
 
 
@@ -101,6 +105,89 @@ def cmd_make_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None,
+    name: str | None,
+    pairs: str | None,
+    zeroshot: str | None,
+    probe: str | None,
+    max_pairs: int,
+) -> dict:
+    """Evaluate the final model of a clip run (single process); writes eval.json (+ modality_gap.png)."""
+    from framework.data.clip_loader import read_pairs
+    from framework.evaluation import evaluate_clip
+    from framework.trainers.clip import load_trained_clip
+
+    model, tokenizer, cfg = load_trained_clip(run_dir)
+    size = cfg.model.image_size
+    pair_data = read_pairs(pairs, image_size=size, limit=max_pairs) if pairs else None
+    return evaluate_clip(
+        model,
+        tokenizer,
+        size,
+        out_dir=out or Path(run_dir) / "eval",
+        name=name or Path(run_dir).name,
+        pairs=pair_data,
+        zeroshot_root=zeroshot,
+        probe_root=probe,
+        seed=cfg.train.seed,
+    )
+
+
+def cmd_eval_clip(args: argparse.Namespace) -> int:
+    from framework.evaluation import format_eval_table
+
+    result = evaluate_run(
+        args.run_dir, out=args.out, name=args.name, pairs=args.pairs, zeroshot=args.zeroshot, probe=args.probe,
+        max_pairs=args.max_pairs,
+    )  # fmt: skip
+    print(format_eval_table([result]))
+    return 0
+
+
+def cmd_demo_clip(args: argparse.Namespace) -> int:
+    """Offline images -> shards -> CLIP and RankCLIP (same seed, steps, batches) -> one evaluation table."""
+    from framework.data.offline_images import build_demo_dataset
+    from framework.data.shards import write_shards
+    from framework.evaluation import format_eval_table
+
+    root = Path(args.run_dir)
+    data = root / "data"
+    if not (data / "manifest.json").is_file():
+        print(f"=== building the offline image-caption set in {data} ===", flush=True)
+        build_demo_dataset(data, args.n_train, args.n_val, seed=0, zeroshot_per_class=40, overwrite=True)
+    shards = {}
+    for split in ("train", "val"):
+        shards[split] = root / "shards" / split
+        if not any(shards[split].glob("*.tar")):
+            write_shards(data / split / "images", data / split / "captions.tsv", shards[split], samples_per_shard=250)
+    rows = []
+    for kind in ("clip", "rankclip"):
+        run_dir = root / kind
+        overrides = [
+            f"loss.kind={kind}", f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=false",
+            f"data.train_shards={shards['train']}", f"data.val_shards={shards['val']}", *args.overrides,
+        ]  # fmt: skip
+        print(f"\n=== {kind}: {args.steps} steps on {args.nproc} rank(s) ===", flush=True)
+        rc = run_torchrun(args.nproc, args.config, overrides)
+        if rc != 0:
+            print(f"demo-clip: {kind} run failed with exit code {rc}", file=sys.stderr)
+            return rc
+        rows.append(
+            evaluate_run(
+                run_dir, out=run_dir / "eval", name={"clip": "CLIP", "rankclip": "RankCLIP"}[kind],
+                pairs=str(shards["val"]), zeroshot=str(data / "zeroshot"), probe=str(data / "zeroshot"),
+                max_pairs=args.n_val,
+            )
+        )  # fmt: skip
+    print("\nCLIP vs RankCLIP (same data, seed, steps and batches; held-out val pairs and zero-shot folders):")
+    print(format_eval_table(rows))
+    print(f"figures: {', '.join(str(r['plot']) for r in rows)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scalefirst", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,6 +218,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--samples-per-shard", type=int, default=1000)
     p.set_defaults(fn=cmd_make_shards)
+
+    p = sub.add_parser("demo-clip", help="CLIP vs RankCLIP on offline images (CPU), prints the eval table")
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--config", default=str(CLIP_DEMO_CONFIG))
+    p.add_argument("--run-dir", default="runs/demo_clip")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-val", type=int, default=1000)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_demo_clip)
+
+    p = sub.add_parser("eval", help="evaluate a finished run")
+    family = p.add_subparsers(dest="family", required=True)
+    q = family.add_parser("clip", help="zero-shot, linear probe, retrieval, alignment/uniformity, modality gap")
+    q.add_argument("--run-dir", required=True, help="run_dir of a finished clip run (config.yaml, final/model.pt)")
+    q.add_argument("--pairs", help="held-out image-caption shards (dir, brace pattern or list file)")
+    q.add_argument("--zeroshot", help="labeled image folder(s): root/<class>/ or root/<family>/<class>/")
+    q.add_argument("--probe", help="labeled image folder(s) for the linear probe (may equal --zeroshot)")
+    q.add_argument("--max-pairs", type=int, default=5000, help="first N pairs of --pairs")
+    q.add_argument("--out", help="output folder (default: <run-dir>/eval)")
+    q.add_argument("--name", help="row name in the table (default: run dir name)")
+    q.set_defaults(fn=cmd_eval_clip)
 
     args = parser.parse_args(argv)
     return int(args.fn(args))

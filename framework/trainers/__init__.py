@@ -6,7 +6,10 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-TRAINERS: dict[str, str] = {"ranking": "framework.trainers.ranking:train"}
+TRAINERS: dict[str, str] = {
+    "ranking": "framework.trainers.ranking:train",
+    "clip": "framework.trainers.clip:train",
+}
 
 
 def get_trainer(family: str) -> Callable[[Any], dict[str, Any]]:

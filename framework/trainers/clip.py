@@ -1,0 +1,232 @@
+"""CLIP / RankCLIP trainer: WebDataset shards → CLIP dual encoder → DeepSpeed ZeRO (or DDP) → checkpoints.
+
+Every rank encodes its micro-batch, the embeddings of both towers are all-gathered with gradients
+(:func:`gather_features`) and every rank computes the loss over the global batch (or, with ``loss.local_loss``,
+its own rows against all columns); the engine's gradient averaging then gives the single-process gradient of the
+global-batch loss. One optimizer step = ``engine.grad_accum_steps`` micro-batches.
+
+The data position (per rank) travels in the checkpoint's client state, so a resumed run at the same world size
+sees exactly the samples an uninterrupted run would have; the engine checkpoints load at any world size.
+At the end rank 0 writes ``run_dir/final/model.pt`` (consolidated fp32 state dict) next to ``run_dir/config.yaml``:
+``scalefirst eval clip --run-dir`` reads those two.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from framework.config import load_job_config, save_config, to_dict
+from framework.config.schema import ClipJobConfig, ClipLossConfig
+from framework.data.clip_loader import ClipBatch, build_clip_loader
+from framework.data.tokenizer import Tokenizer, build_tokenizer
+from framework.distributed.collectives import gather_features, local_rows
+from framework.distributed.engine import Engine, build_engine
+from framework.distributed.env import init_distributed
+from framework.losses.contrastive import RankCLIPLossConfig, rankclip_loss
+from framework.models.clip.model import CLIP
+from framework.trainers.common import Progress, ScalarLogger, environment_info, git_commit, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+FINAL_MODEL = "final/model.pt"
+
+
+def loss_config(cfg: ClipLossConfig) -> RankCLIPLossConfig:
+    """The loss terms to compute: ``kind: clip`` is RankCLIP with both lambdas at 0."""
+    rank = cfg.kind == "rankclip"
+    return RankCLIPLossConfig(
+        lambda_in=cfg.lambda_in if rank else 0.0,
+        lambda_cross=cfg.lambda_cross if rank else 0.0,
+        decay=cfg.decay,
+        symmetric_in_modal=cfg.symmetric_in_modal,
+        scale_by_temperature=cfg.scale_by_temperature,
+        tie_break=cfg.tie_break,
+    )
+
+
+def global_batch_loss(
+    img_local: torch.Tensor,
+    txt_local: torch.Tensor,
+    logit_scale: torch.Tensor,
+    cfg: RankCLIPLossConfig,
+    *,
+    local_loss: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Loss terms over the global batch from this rank's normalized embeddings (both towers all-gathered)."""
+    img_all, txt_all = gather_features(img_local), gather_features(txt_local)
+    rows = local_rows(img_local.shape[0]) if local_loss else None
+    return rankclip_loss(img_all, txt_all, logit_scale, cfg, generator=generator, rows=rows)
+
+
+def train_micro_step(
+    engine: Engine,
+    batch: ClipBatch,
+    cfg: RankCLIPLossConfig,
+    *,
+    local_loss: bool,
+    generator: torch.Generator | None,
+) -> dict[str, float]:
+    images = batch.images_BCHW.to(engine.device, non_blocking=True)
+    tokens = batch.tokens_BL.to(engine.device, non_blocking=True)
+    eot = batch.eot_index_B.to(engine.device, non_blocking=True)
+    img, txt, scale = engine(images, tokens, eot)
+    terms = global_batch_loss(img.float(), txt.float(), scale.float(), cfg, local_loss=local_loss, generator=generator)
+    engine.backward(terms["loss"])
+    out = {k: float(v.detach()) for k, v in terms.items()}
+    out["logit_scale"] = float(scale.detach())
+    return out
+
+
+def train(cfg: ClipJobConfig) -> dict[str, Any]:
+    """Run one CLIP/RankCLIP job; returns the results dict (rank 0 also writes run_dir/metrics.json)."""
+    env = init_distributed(cfg.engine.device)
+    run_dir = Path(cfg.train.run_dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    torch.manual_seed(cfg.train.seed)  # same init on every rank (engines also broadcast from rank 0)
+    model = CLIP(cfg.model)
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
+    engine = build_engine(
+        model,
+        cfg.engine,
+        cfg.optim,
+        micro_batch_size=cfg.train.batch_size,
+        max_steps=cfg.train.max_steps,
+        env=env,
+        keep_checkpoints=cfg.train.keep_checkpoints,
+    )
+    ckpt_root = run_dir / "checkpoints"
+    client: dict[str, Any] | None = None
+    if cfg.train.resume and ckpt_root.is_dir():
+        client = engine.load(ckpt_root)
+        if env.is_main and engine.global_step:
+            logger.info("resumed at optimizer step %d from %s", engine.global_step, ckpt_root)
+
+    loader = build_clip_loader(
+        cfg.data,
+        shards=cfg.data.train_shards,
+        image_size=cfg.model.image_size,
+        context_length=cfg.model.context_length,
+        batch_size=cfg.train.batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.train.seed,
+        train=True,
+        state=(client or {}).get("loader"),
+    )
+    accum = cfg.engine.grad_accum_steps
+    if client is None and engine.global_step:
+        # Resumed at another world size: per-rank stream positions do not carry over; continue at the next epoch
+        # boundary after the samples already trained on (nothing repeats; the rest of the current epoch is skipped).
+        epoch = -(-engine.global_step * accum // loader.batches_per_epoch)
+        loader.start_at_epoch(epoch)
+        if env.is_main:
+            logger.warning("data: world size changed since the checkpoint; starting at epoch %d", epoch)
+    loss_cfg = loss_config(cfg.loss)
+    global_batch = cfg.train.batch_size * env.world_size * accum
+    if env.is_main:
+        logger.info(
+            "%s: %.1fM params, global batch %d (%d ranks x %d x %d accum), %d batches/epoch per rank, backend %s%s",
+            cfg.loss.kind, n_params / 1e6, global_batch, env.world_size, cfg.train.batch_size, accum,
+            loader.batches_per_epoch, cfg.engine.backend,
+            f" ZeRO-{cfg.engine.zero_stage}" if cfg.engine.backend == "deepspeed" else "",
+        )  # fmt: skip
+
+    def save() -> None:
+        state = {"loader": loader.state_dict(), "data_stats": loader.stats()}
+        engine.save(ckpt_root, client_state=state)
+
+    scalars = ScalarLogger(run_dir / "tb", enabled=cfg.train.tensorboard and env.is_main)
+    progress = Progress(
+        cfg.train.max_steps, engine.global_step, global_batch, cfg.train.progress and env.is_main, cfg.loss.kind
+    )
+    history: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []
+    last_saved = engine.global_step if client is not None else -1
+    t_start, start_step = time.perf_counter(), engine.global_step
+    engine.train()
+    batches = iter(loader)
+    try:
+        while engine.global_step < cfg.train.max_steps:
+            # The random tie-break must draw the same permutation on every rank (each computes the global loss).
+            gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + engine.global_step)
+            for _ in range(accum):
+                window.append(
+                    train_micro_step(engine, next(batches), loss_cfg, local_loss=cfg.loss.local_loss, generator=gen)
+                )
+                stepped = engine.step()
+            if not stepped:
+                raise RuntimeError(f"engine did not step after {accum} micro-batches (engine.grad_accum_steps)")
+            step = engine.global_step
+            progress.update(loss=window[-1]["loss"])
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                mean |= {"lr": engine.lr(), "samples_per_s": progress.examples_per_second}
+                history.append({"step": step, **mean})
+                scalars.log({f"train/{k}": v for k, v in mean.items()}, step)
+                window.clear()
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                save()
+                last_saved = step
+    finally:
+        progress.close()
+        loader.close()
+    train_seconds = time.perf_counter() - t_start
+    steps_run = engine.global_step - start_step
+    if last_saved != engine.global_step:
+        save()
+
+    final_state = engine.consolidated_state_dict()
+    if env.is_main:
+        (run_dir / FINAL_MODEL).parent.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / (FINAL_MODEL + ".tmp")
+        torch.save(final_state, tmp)
+        tmp.replace(run_dir / FINAL_MODEL)
+    results = {
+        "loss_kind": cfg.loss.kind,
+        "steps": engine.global_step,
+        "world_size": env.world_size,
+        "global_batch": global_batch,
+        "samples_per_s": steps_run * global_batch / train_seconds if train_seconds > 0 and steps_run else 0.0,
+        "final": history[-1] if history else {},
+        "history": history,
+        "data": loader.stats(),
+        "engine": {
+            "backend": cfg.engine.backend,
+            "zero_stage": cfg.engine.zero_stage,
+            "precision": cfg.engine.precision,
+        },
+        "git_commit": git_commit(),
+        "env": environment_info(),
+        "config": to_dict(cfg),
+    }
+    scalars.close()
+    if env.is_main:
+        write_json_atomic(run_dir / "metrics.json", results)
+        logger.info("done: %d steps, final %s", engine.global_step, results["final"])
+    return results
+
+
+def load_trained_clip(run_dir: str | Path) -> tuple[CLIP, Tokenizer, ClipJobConfig]:
+    """The final fp32 model of a finished run, its tokenizer and its config (for evaluation, single process)."""
+    run_dir = Path(run_dir)
+    config, weights = run_dir / "config.yaml", run_dir / FINAL_MODEL
+    for path in (config, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} the run_dir of a finished clip run?")
+    cfg = load_job_config(config)
+    if cfg.family != "clip":
+        raise ValueError(f"{config} is a {cfg.family!r} run, not a clip run")
+    model = CLIP(cfg.model)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    tokenizer = build_tokenizer(cfg.data.tokenizer, cfg.model.context_length, cfg.data.vocab_path)
+    return model, tokenizer, cfg
