@@ -25,3 +25,15 @@ def test_ranking_throughput_quick(tmp_path: Path) -> None:
     assert row["global_batch"] == 2 * 1024  # 2 ranks x train.batch_size of configs/ranking/din_throughput.yaml
     assert row["plan"]["user"]["sharding_type"] == "table_wise"
     assert {"date", "device", "torch", "git_commit", "command", "method", "goals"} <= result.keys()
+
+
+def test_clip_loader_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "loader.json"
+    cmd = [sys.executable, "benchmarks/clip_loader.py", "--num-images", "96", "--samples-per-shard", "24",
+           "--source-size", "64x48", "--image-size", "32", "--batch-size", "8", "--shuffle-buffer", "16",
+           "--workers", "0", "2", "--warmup", "1", "--batches", "4", "--repeats", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["images_per_s"]) == {"0", "2"} and all(v > 0 for v in result["images_per_s"].values())
+    assert result["data"]["num_images"] == 96 and {"env", "git_commit", "date"} <= result.keys()
