@@ -28,9 +28,7 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -49,20 +47,17 @@ from framework.data.clip_loader import _read_shards, build_clip_loader, expand_s
 from framework.data.image_ops import decode_image, normalize_BHWC, preprocess_uint8  # noqa: E402
 from framework.data.shards import write_shards  # noqa: E402
 from framework.data.tokenizer import ByteTokenizer  # noqa: E402
-from framework.trainers.common import environment_info, git_commit, write_json_atomic  # noqa: E402
+from framework.trainers.common import (  # noqa: E402
+    cpu_model,
+    cpu_seconds,
+    environment_info,
+    git_commit,
+    others_cores,
+    write_json_atomic,
+)
 
 GOAL_IMAGES_PER_S = 400.0
 GOAL_WORKERS = 2
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -101,27 +96,9 @@ def build_shards(out: Path, num_images: int, size: tuple[int, int], per_shard: i
     return expand_shards(str(out / "shards"))
 
 
-def _cpu_seconds() -> tuple[float, float, float]:
-    """(wall, machine-wide busy CPU s, CPU s of this process and its reaped children)."""
-    try:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        busy = math.nan
-    own = sum(
-        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    )
-    return time.perf_counter(), busy, own
-
-
-def _others_cores(since: tuple[float, float, float]) -> float:
-    wall, busy, own = (b - a for a, b in zip(since, _cpu_seconds(), strict=True))
-    return max(0.0, (busy - own) / wall) if wall > 0 else math.nan
-
-
 def measure(shards_dir: Path, workers: int, args: argparse.Namespace) -> dict[str, float]:
     cfg = ClipDataConfig(train_shards=str(shards_dir), workers=workers, shuffle_buffer=args.shuffle_buffer)
-    start = _cpu_seconds()
+    start = cpu_seconds()
     loader = build_clip_loader(
         cfg, shards=cfg.train_shards, image_size=args.image_size, context_length=77, batch_size=args.batch_size,
         rank=0, world_size=1, seed=0, train=True,
@@ -136,7 +113,7 @@ def measure(shards_dir: Path, workers: int, args: argparse.Namespace) -> dict[st
     seconds = time.perf_counter() - t0
     assert batch.images_BCHW.dtype == torch.float32 and batch.images_BCHW.shape[-1] == args.image_size
     loader.close()  # joins the workers: their CPU time is then in RUSAGE_CHILDREN
-    return {"images_per_s": n / seconds, "seconds": seconds, "images": n, "others_cores": _others_cores(start)}
+    return {"images_per_s": n / seconds, "seconds": seconds, "images": n, "others_cores": others_cores(start)}
 
 
 def profile(shards: list[str], args: argparse.Namespace, limit: int = 512) -> dict[str, float]:

@@ -23,8 +23,6 @@ import datetime
 import json
 import math
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,7 +44,14 @@ from framework.distributed.torchrec_sharding import (  # noqa: E402
     sparse_optimizer_spec,
 )
 from framework.models.ranking.model import build_ranking_model  # noqa: E402
-from framework.trainers.common import Prefetcher, git_commit, write_json_atomic  # noqa: E402
+from framework.trainers.common import (  # noqa: E402
+    Prefetcher,
+    cpu_model,
+    cpu_seconds,
+    git_commit,
+    others_cores,
+    write_json_atomic,
+)
 from framework.trainers.ranking import build_data, loss_fn  # noqa: E402
 from launch.cli import torchrun_command  # noqa: E402
 
@@ -84,36 +89,6 @@ METHOD = (
 )
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_seconds() -> tuple[float, float, float]:
-    """(wall, machine-wide busy CPU s, CPU s of this process and its reaped children)."""
-    try:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        busy = math.nan
-    own = sum(
-        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    )
-    return time.perf_counter(), busy, own
-
-
-def others_cores(since: tuple[float, float, float]) -> float:
-    """Average cores used by other processes since ``since`` (a ``_cpu_seconds()`` reading)."""
-    now = _cpu_seconds()
-    wall, busy, own = (b - a for a, b in zip(since, now, strict=True))
-    return max(0.0, (busy - own) / wall) if wall > 0 else math.nan
-
-
 def overrides_for(formulation: str, run_dir: Path, total_steps: int, warmup: int, extra: list[str]) -> list[str]:
     return [
         f"model.formulation={formulation}", f"train.run_dir={run_dir}", "train.resume=false", "train.progress=false",
@@ -134,7 +109,7 @@ def tb_examples_per_s(tb_dir: Path) -> dict[int, float]:
 def run_sharded(nproc: int, overrides: list[str], run_dir: Path, warmup: int, steps: int) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, CORES // nproc)))
     cmd = torchrun_command(nproc, CONFIG, overrides)
-    start = _cpu_seconds()
+    start = cpu_seconds()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     others = others_cores(start)
     if proc.returncode != 0:
@@ -172,12 +147,12 @@ def run_plain(cfg: Any, data: RankingData, global_batch: int, warmup: int, steps
         raise SystemExit(f"train split has fewer than {warmup + steps} global batches of {global_batch}")
     source = data.batches("train", batch_size=global_batch, rank=0, world_size=1, epoch=0)
     model.train()
-    start = _cpu_seconds()
+    start = cpu_seconds()
     # The trainer's input pipeline, background batch construction included, so both sides build batches alike.
     with Prefetcher(source, cfg.train.prefetch_batches) as batches:
         for i in range(warmup + steps):
             if i == warmup:
-                start = _cpu_seconds()
+                start = cpu_seconds()
             batch = next(batches)
             sparse_opt.zero_grad()
             dense_opt.zero_grad()
@@ -273,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: other processes used {busiest:.2f} cores during a reported sample: numbers are disturbed")
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"cpu: {cpu_name()}",
+        "device": f"cpu: {cpu_model()}",
         "cores": CORES,
         "torch": torch.__version__,
         "git_commit": git_commit(),

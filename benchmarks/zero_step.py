@@ -18,7 +18,6 @@ import argparse
 import datetime
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from framework.distributed.env import read_env  # noqa: E402
 from framework.distributed.spawn import run_multiprocess  # noqa: E402
 from framework.losses.contrastive import RankCLIPLossConfig, clip_loss, rankclip_loss  # noqa: E402
 from framework.models.clip.model import CLIP, CLIPConfig, tiny_clip_config  # noqa: E402
-from framework.trainers.common import environment_info, git_commit, write_json_atomic  # noqa: E402
+from framework.trainers.common import cpu_model, environment_info, git_commit, write_json_atomic  # noqa: E402
 
 # (name, backend, zero stage, loss); the first is the baseline of every ratio.
 VARIANTS = [
@@ -115,16 +114,6 @@ def measure(cfg: CLIPConfig, batch_size: int, backend: str, stage: int, kind: st
     return time_steps(engine, synthetic_batch(cfg, batch_size), kind, warmup, steps)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
@@ -168,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_params = sum(p.numel() for p in CLIP(cfg).parameters())
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"cpu: {cpu_name()}",
+        "device": f"cpu: {cpu_model()}",
         "cores": os.cpu_count(),
         "torch_threads": threads,
         "environment": environment_info(),

@@ -20,6 +20,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "ranking" / "demo.yaml"
 CLIP_DEMO_CONFIG = REPO / "configs" / "clip" / "demo.yaml"
+DEMO_CLIP_VARIANTS = (
+    ("CLIP", "clip", ["loss.kind=clip"]),
+    ("RankCLIP", "rankclip", ["loss.kind=rankclip"]),  # thesis: Plackett-Luce sums over ranked positions
+    ("RankCLIP/pos", "rankclip_pos", ["loss.kind=rankclip", "loss.per_position=true"]),
+)
+"""(table row, run sub-directory, overrides): the models `scalefirst demo-clip` trains and compares."""
 FORMULATIONS = ("icr", "ucr", "hybrid")
 
 
@@ -164,25 +170,25 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
         if not any(shards[split].glob("*.tar")):
             write_shards(data / split / "images", data / split / "captions.tsv", shards[split], samples_per_shard=250)
     rows = []
-    for kind in ("clip", "rankclip"):
-        run_dir = root / kind
+    for name, run, loss in DEMO_CLIP_VARIANTS:
+        run_dir = root / run
         overrides = [
-            f"loss.kind={kind}", f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=false",
+            *loss, f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=false",
             f"data.train_shards={shards['train']}", f"data.val_shards={shards['val']}", *args.overrides,
         ]  # fmt: skip
-        print(f"\n=== {kind}: {args.steps} steps on {args.nproc} rank(s) ===", flush=True)
+        print(f"\n=== {name}: {args.steps} steps on {args.nproc} rank(s) ===", flush=True)
         rc = run_torchrun(args.nproc, args.config, overrides)
         if rc != 0:
-            print(f"demo-clip: {kind} run failed with exit code {rc}", file=sys.stderr)
+            print(f"demo-clip: {name} run failed with exit code {rc}", file=sys.stderr)
             return rc
         rows.append(
             evaluate_run(
-                run_dir, out=run_dir / "eval", name={"clip": "CLIP", "rankclip": "RankCLIP"}[kind],
-                pairs=str(shards["val"]), zeroshot=str(data / "zeroshot"), probe=str(data / "zeroshot"),
-                max_pairs=args.n_val,
+                run_dir, out=run_dir / "eval", name=name, pairs=str(shards["val"]), zeroshot=str(data / "zeroshot"),
+                probe=str(data / "zeroshot"), max_pairs=args.n_val,
             )
         )  # fmt: skip
-    print("\nCLIP vs RankCLIP (same data, seed, steps and batches; held-out val pairs and zero-shot folders):")
+    print("\nCLIP vs RankCLIP (same data, seed, steps and batches; held-out val pairs and zero-shot folders;")
+    print("one training seed of a tiny run: see README for what it does and does not show):")
     print(format_eval_table(rows))
     print(f"figures: {', '.join(str(r['plot']) for r in rows)}")
     return 0

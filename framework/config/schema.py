@@ -243,6 +243,9 @@ class ClipLossConfig:
     """Ego scores multiplied by the logit scale (authors' code) instead of raw cosines (thesis)."""
     tie_break: Literal["stable", "random"] = "stable"
     """Order of tied reference scores."""
+    per_position: bool = False
+    """Plackett-Luce terms as a mean over ranked positions (divided by the global batch) instead of the thesis'
+    sum; with the sum and lambda=1/16 the ranking terms outweigh InfoNCE ~5x at batch 128 (see README)."""
     local_loss: bool = False
     """Each rank's loss uses only its own rows against the gathered columns (open_clip local-loss); the
     Plackett-Luce terms then rank its rows only. Default: the full global-batch loss on every rank."""

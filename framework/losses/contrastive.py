@@ -94,6 +94,9 @@ class RankCLIPLossConfig:
     """Ego scores are logit_scale * cosine (the authors' code) instead of the raw cosine (thesis text)."""
     tie_break: TieBreak = "stable"
     """Order of tied reference scores: index order, or a seeded shuffle (authors' code)."""
+    per_position: bool = False
+    """Divide each Plackett-Luce term by the list length (a mean over ranked positions instead of the thesis'
+    sum), so the ranking terms stay O(1) as the batch grows; the authors' code divides by the batch size too."""
 
 
 def rankclip_loss(
@@ -122,5 +125,7 @@ def rankclip_loss(
             l_in = 0.5 * (l_in + plackett_luce_loss(scale * img_ND[r] @ img_ND.T, txt_ND[r] @ txt_ND.T, **pl))
     if cfg.lambda_cross:
         l_cross = plackett_luce_loss(scale * img_ND[r] @ txt_ND.T, txt_ND[r] @ img_ND.T, **pl)
+    if cfg.per_position:
+        l_in, l_cross = l_in / txt_ND.shape[0], l_cross / txt_ND.shape[0]
     loss = clip + cfg.lambda_in * l_in + cfg.lambda_cross * l_cross
     return {"loss": loss, "clip": clip, "in_modal": l_in, "cross_modal": l_cross}

@@ -46,6 +46,7 @@ def loss_config(cfg: ClipLossConfig) -> RankCLIPLossConfig:
         symmetric_in_modal=cfg.symmetric_in_modal,
         scale_by_temperature=cfg.scale_by_temperature,
         tie_break=cfg.tie_break,
+        per_position=cfg.per_position,
     )
 
 

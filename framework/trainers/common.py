@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import queue
+import resource
 import subprocess
 import threading
 import time
@@ -158,3 +160,33 @@ class Prefetcher(Iterator[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (for benchmark records)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_seconds() -> tuple[float, float, float]:
+    """(wall, machine-wide busy CPU s, CPU s of this process and its reaped children): pass to :func:`others_cores`."""
+    try:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        busy = math.nan
+    own = sum(
+        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+    return time.perf_counter(), busy, own
+
+
+def others_cores(since: tuple[float, float, float]) -> float:
+    """Average cores used by other processes since ``since`` (a :func:`cpu_seconds` reading): benchmark noise."""
+    wall, busy, own = (b - a for a, b in zip(since, cpu_seconds(), strict=True))
+    return max(0.0, (busy - own) / wall) if wall > 0 else math.nan

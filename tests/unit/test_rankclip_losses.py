@@ -139,3 +139,15 @@ def test_local_rows_average_to_the_full_loss(symmetric: bool) -> None:
     for term in ("loss", "clip", "in_modal", "cross_modal"):
         torch.testing.assert_close(0.5 * (blocks[0][term] + blocks[1][term]), full[term])
     assert not torch.allclose(blocks[0]["loss"], blocks[1]["loss"])  # the blocks differ; only their mean matches
+
+
+def test_per_position_divides_the_ranking_terms_by_the_list_length() -> None:
+    g = torch.Generator().manual_seed(4)
+    img = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    txt = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=1)
+    full = rankclip_loss(img, txt, 7.0, RankCLIPLossConfig(symmetric_in_modal=True))
+    mean = rankclip_loss(img, txt, 7.0, RankCLIPLossConfig(symmetric_in_modal=True, per_position=True))
+    torch.testing.assert_close(mean["clip"], full["clip"])
+    torch.testing.assert_close(mean["in_modal"], full["in_modal"] / 6)
+    torch.testing.assert_close(mean["cross_modal"], full["cross_modal"] / 6)
+    torch.testing.assert_close(mean["loss"], mean["clip"] + (mean["in_modal"] + mean["cross_modal"]) / 16)
