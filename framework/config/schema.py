@@ -246,6 +246,9 @@ class ClipLossConfig:
     per_position: bool = False
     """Plackett-Luce terms as a mean over ranked positions (divided by the global batch) instead of the thesis'
     sum; with the sum and lambda=1/16 the ranking terms outweigh InfoNCE ~5x at batch 128 (see README)."""
+    lambda_ramp_steps: int = 0
+    """Ramp lambda_in and lambda_cross linearly from 0 to their values over this many optimizer steps (the
+    authors' code ramps its rank weight over epochs); 0 = full weights from the first step."""
     local_loss: bool = False
     """Each rank's loss uses only its own rows against the gathered columns (open_clip local-loss); the
     Plackett-Luce terms then rank its rows only. Default: the full global-batch loss on every rank."""
@@ -253,6 +256,8 @@ class ClipLossConfig:
     def __post_init__(self) -> None:
         if self.lambda_in < 0 or self.lambda_cross < 0:
             raise ValueError(f"lambda_in/lambda_cross must be >= 0, got {self.lambda_in}, {self.lambda_cross}")
+        if self.lambda_ramp_steps < 0:
+            raise ValueError(f"lambda_ramp_steps must be >= 0, got {self.lambda_ramp_steps}")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -36,12 +36,15 @@ logger = logging.getLogger(__name__)
 FINAL_MODEL = "final/model.pt"
 
 
-def loss_config(cfg: ClipLossConfig) -> RankCLIPLossConfig:
-    """The loss terms to compute: ``kind: clip`` is RankCLIP with both lambdas at 0."""
-    rank = cfg.kind == "rankclip"
+def loss_config(cfg: ClipLossConfig, step: int = 0) -> RankCLIPLossConfig:
+    """The loss terms at optimizer step ``step``: ``kind: clip`` is RankCLIP with both lambdas at 0; with
+    ``lambda_ramp_steps`` the lambdas grow linearly from 0 (step 0) to their configured values."""
+    weight = 0.0 if cfg.kind == "clip" else 1.0
+    if cfg.lambda_ramp_steps:
+        weight *= min(1.0, step / cfg.lambda_ramp_steps)
     return RankCLIPLossConfig(
-        lambda_in=cfg.lambda_in if rank else 0.0,
-        lambda_cross=cfg.lambda_cross if rank else 0.0,
+        lambda_in=cfg.lambda_in * weight,
+        lambda_cross=cfg.lambda_cross * weight,
         decay=cfg.decay,
         symmetric_in_modal=cfg.symmetric_in_modal,
         scale_by_temperature=cfg.scale_by_temperature,
@@ -131,7 +134,6 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
         loader.start_at_epoch(epoch)
         if env.is_main:
             logger.warning("data: world size changed since the checkpoint; starting at epoch %d", epoch)
-    loss_cfg = loss_config(cfg.loss)
     global_batch = cfg.train.batch_size * env.world_size * accum
     if env.is_main:
         logger.info(
@@ -159,6 +161,7 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
         while engine.global_step < cfg.train.max_steps:
             # The random tie-break must draw the same permutation on every rank (each computes the global loss).
             gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + engine.global_step)
+            loss_cfg = loss_config(cfg.loss, engine.global_step)
             for _ in range(accum):
                 window.append(
                     train_micro_step(engine, next(batches), loss_cfg, local_loss=cfg.loss.local_loss, generator=gen)
