@@ -131,3 +131,20 @@ def test_eval_cli(data: dict[str, Path], straight: Path, tmp_path: Path) -> None
     assert result["pairs"]["num_pairs"] == 48 and -1.0 <= result["pairs"]["alignment"] <= 1.0
     assert (out / "modality_gap.png").stat().st_size > 0
     assert "tiny" in proc.stdout and "Zero-shot" in proc.stdout
+
+
+def test_hf_text_tower_under_zero3(data: dict[str, Path], tmp_path: Path) -> None:
+    """A transformers BERT text tower (built from a config) trains under ZeRO-3 and reloads for evaluation."""
+    from framework.trainers.clip import load_trained_clip
+
+    run_dir = tmp_path / "bert_zero3"
+    proc = torchrun(data, run_dir, "model.text_model=bert", "engine.zero_stage=3", "train.max_steps=2",
+                    "train.checkpoint_every=null")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["engine"]["zero_stage"] == 3
+    model, tokenizer, cfg = load_trained_clip(run_dir)
+    assert cfg.model.text_model == "bert" and type(model.text.encoder).__name__ == "BertModel"
+    batch = tokenizer(["a red circle", "a handwritten digit seven"])
+    emb = model.encode_text(batch.tokens_BL, batch.eot_index_B)
+    assert emb.shape == (2, cfg.model.embed_dim) and torch.isfinite(emb).all()

@@ -69,3 +69,33 @@ def test_config_validation_names_the_field() -> None:
         tiny_clip_config(image_size=30)
     with pytest.raises(ValueError, match="text_heads"):
         tiny_clip_config(text_heads=5)
+
+
+@pytest.mark.parametrize("text_model", ["clip_text_model", "bert", "gpt2", "roberta"])
+def test_hf_text_tower_from_config_reads_only_the_text(text_model: str) -> None:
+    """A transformers encoder built from a config: trains, and tokens after EOT (padding) never change the
+    embedding, also for bidirectional encoders (the attention mask hides them)."""
+    cfg = tiny_clip_config(text_model=text_model)
+    model = CLIP(cfg)
+    assert type(model.text).__name__ == "HFTextTower"
+    images, tokens, eot = _inputs(cfg)
+    img, txt, scale = model(images, tokens, eot)
+    assert txt.shape == (3, cfg.embed_dim)
+    torch.testing.assert_close(txt.norm(dim=1), torch.ones(3))
+    rankclip_loss(img, txt, scale)["loss"].backward()
+    assert model.text.text_projection.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text.encoder.parameters())
+    model.eval()
+    with torch.no_grad():
+        before = model.encode_text(tokens, eot)
+        changed = tokens.clone()
+        changed[0, 4:] = (changed[0, 4:] + 1) % cfg.vocab_size  # after text 0's end-of-text (index 3)
+        changed[1, 2] = (changed[1, 2] + 1) % cfg.vocab_size  # before text 1's end-of-text
+        after = model.encode_text(changed, eot)
+    torch.testing.assert_close(after[0], before[0])
+    assert not torch.allclose(after[1], before[1])
+
+
+def test_unknown_text_model_is_rejected() -> None:
+    with pytest.raises(ValueError, match="text_model='nope'"):
+        tiny_clip_config(text_model="nope")

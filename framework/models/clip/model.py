@@ -40,6 +40,10 @@ class CLIPConfig:
     """Text transformer layers."""
     text_heads: int = 8
     """Text transformer heads."""
+    text_model: str = "builtin"
+    """Text tower: ``builtin`` (CLIP's causal transformer) or a Hugging Face transformers ``model_type`` (e.g.
+    ``clip_text_model``, ``bert``, ``gpt2``, ``roberta``) built from a config with the text_* sizes above, randomly
+    initialized (trained from scratch like the builtin tower; no hub download)."""
     init_logit_scale: float = math.log(1 / 0.07)
     """Initial log(1/temperature)."""
     max_logit_scale: float = math.log(100.0)
@@ -56,6 +60,14 @@ class CLIPConfig:
             )
         if self.text_width % self.text_heads:
             raise ValueError(f"text_width={self.text_width} is not divisible by text_heads={self.text_heads}")
+        if self.text_model != "builtin":
+            from transformers import CONFIG_MAPPING
+
+            if self.text_model not in CONFIG_MAPPING:
+                raise ValueError(
+                    f"text_model={self.text_model!r} is neither 'builtin' nor a transformers model_type "
+                    "(e.g. clip_text_model, bert, gpt2, roberta)"
+                )
 
 
 class Bottleneck(nn.Module):
@@ -164,6 +176,35 @@ class TextTransformer(nn.Module):
         return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eot_index_B])
 
 
+class HFTextTower(nn.Module):
+    """A Hugging Face transformers encoder built from a config (``cfg.text_model`` = its model_type), read at EOT.
+
+    Positions after EOT are masked out (``attention_mask``), so bidirectional encoders (BERT) see only the text;
+    causal ones (GPT-2, CLIP's text model) would not look ahead anyway. ``max_position_embeddings`` gets 2 extra
+    slots because RoBERTa-style models start positions after the padding index. Special ids follow both of our
+    tokenizers (pad 0, SOT = vocab_size - 2, EOT = vocab_size - 1); the readout uses ``eot_index_B`` regardless.
+    """
+
+    def __init__(self, cfg: CLIPConfig) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        hf_cfg = AutoConfig.for_model(
+            cfg.text_model, vocab_size=cfg.vocab_size, hidden_size=cfg.text_width,
+            num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+            intermediate_size=4 * cfg.text_width, max_position_embeddings=cfg.context_length + 2,
+            pad_token_id=0, bos_token_id=cfg.vocab_size - 2, eos_token_id=cfg.vocab_size - 1,
+        )  # fmt: skip
+        self.encoder = AutoModel.from_config(hf_cfg)
+        self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+
+    def forward(self, tokens_BL: torch.Tensor, eot_index_B: torch.Tensor) -> torch.Tensor:
+        positions_L = torch.arange(tokens_BL.shape[1], device=tokens_BL.device)
+        mask_BL = (positions_L[None, :] <= eot_index_B[:, None]).long()
+        x = self.encoder(input_ids=tokens_BL, attention_mask=mask_BL).last_hidden_state
+        return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eot_index_B])
+
+
 class CLIP(nn.Module):
     """Returns L2-normalized image and text embeddings and the clamped logit scale."""
 
@@ -173,7 +214,7 @@ class CLIP(nn.Module):
         self.visual = ModifiedResNet(
             cfg.vision_layers, cfg.embed_dim, cfg.vision_heads, cfg.image_size, cfg.vision_width
         )
-        self.text = TextTransformer(cfg)
+        self.text = TextTransformer(cfg) if cfg.text_model == "builtin" else HFTextTower(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
 
     def encode_image(self, images_BCHW: torch.Tensor) -> torch.Tensor:
