@@ -67,7 +67,7 @@ ATOL, RTOL = 2e-5, 1e-4
 # maps amplify fp32 round-off exponentially (a float32 and a float64 reference drift 3e-4 apart in 5 steps).
 ACC_OPTIM = ClipOptimConfig(lr=1e-3, weight_decay=0.1, eps=1.0, warmup_steps=2, schedule="cosine")
 ACC_RUNS = [Run("ddp", 0), Run("deepspeed", 2), Run("deepspeed", 3)]
-BF16_RUNS = [Run("ddp", 0), Run("deepspeed", 2)]
+BF16_RUNS = [Run("ddp", 0), Run("deepspeed", 1), Run("deepspeed", 2), Run("deepspeed", 3)]
 
 
 def _eval_check(engine) -> float:
