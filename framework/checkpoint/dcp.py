@@ -55,6 +55,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def save_atomic(obj: Any, out: str | Path) -> Path:
+    """``torch.save`` to ``out.tmp`` then rename: a crash never leaves a truncated file under ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(out)
+    return out
+
+
 class Checkpointer:
     """Saves and finds committed DCP checkpoints. All ranks call ``save``/``load`` collectively."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from framework.checkpoint.dcp import Checkpointer, load_model_state_plain
+from framework.checkpoint.dcp import Checkpointer, load_model_state_plain, save_atomic
 from framework.config.loader import from_dict
 from framework.config.schema import RankingJobConfig
 from framework.models.ranking.model import RankingModel, build_ranking_model
@@ -23,12 +23,7 @@ def export_plain(checkpoint: str | Path, out: str | Path) -> Path:
     meta = Checkpointer.read_meta(checkpoint)
     model = _model_from_meta(meta)
     load_model_state_plain(checkpoint, model)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    tmp.replace(out)
-    return out
+    return save_atomic({"state_dict": model.state_dict(), "meta": meta}, out)
 
 
 def load_exported(path: str | Path) -> RankingModel:

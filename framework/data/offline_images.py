@@ -43,7 +43,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from framework.trainers.common import write_json_atomic
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -532,8 +533,8 @@ def build_demo_dataset(
         bar.update(1)
 
     classnames_path, templates_path = zs_root / "classnames.json", zs_root / "templates.json"
-    _write_json(classnames_path, {family: list(classes) for family, classes in zeroshot.items()})
-    _write_json(templates_path, {family: list(ZEROSHOT_TEMPLATES[family]) for family in zeroshot})
+    write_json_atomic(classnames_path, {family: list(classes) for family, classes in zeroshot.items()})
+    write_json_atomic(templates_path, {family: list(ZEROSHOT_TEMPLATES[family]) for family in zeroshot})
     manifest = {
         "seed": seed,
         "size": size,
@@ -545,7 +546,7 @@ def build_demo_dataset(
         },
         "sources": "procedural shapes (PIL); sklearn.datasets.load_digits; sklearn.datasets.load_sample_images",
     }
-    _write_json(root / "manifest.json", manifest)
+    write_json_atomic(root / "manifest.json", manifest)
     return {
         "root": root,
         "train_images": train_paths["images"],
@@ -560,9 +561,3 @@ def build_demo_dataset(
         "templates": templates_path,
         "manifest": root / "manifest.json",
     }
-
-
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

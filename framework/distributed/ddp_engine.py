@@ -22,6 +22,8 @@ from framework.distributed.engine import (
     build_lr_scheduler,
     build_optimizer,
     init_adam_state,
+    load_replicated_param_state,
+    replicated_param_state,
     to_fp32,
 )
 from framework.distributed.env import DistEnv
@@ -125,20 +127,12 @@ class DDPEngine(EngineBase):
     def _full_param_state(
         self, param: nn.Parameter, with_optim: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        if not with_optim:
-            return param.detach(), None, None
-        state = self._optimizer.state[param]
-        return param.detach(), state["exp_avg"], state["exp_avg_sq"]
+        return replicated_param_state(param, self._optimizer, with_optim)
 
     def _load_param_state(
         self, param: nn.Parameter, value: torch.Tensor, exp_avg: torch.Tensor | None, exp_avg_sq: torch.Tensor | None
     ) -> None:
-        with torch.no_grad():
-            param.copy_(value.reshape(param.shape))
-            if exp_avg is not None and exp_avg_sq is not None:
-                state = self._optimizer.state[param]
-                state["exp_avg"].copy_(exp_avg.reshape(param.shape))
-                state["exp_avg_sq"].copy_(exp_avg_sq.reshape(param.shape))
+        load_replicated_param_state(param, self._optimizer, value, exp_avg, exp_avg_sq)
 
     def _init_optimizer_state(self, adam_step: int) -> None:
         init_adam_state(self._optimizer, adam_step)

@@ -51,6 +51,8 @@ from framework.distributed.engine import (
     build_lr_scheduler,
     build_optimizer,
     init_adam_state,
+    load_replicated_param_state,
+    replicated_param_state,
     to_fp32,
 )
 from framework.distributed.env import DistEnv
@@ -232,10 +234,7 @@ class DeepSpeedEngine(EngineBase):
         self, param: nn.Parameter, with_optim: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if self.zero_stage == 0:  # unpartitioned: the model's parameter is the fp32 master
-            if not with_optim:
-                return param.detach(), None, None
-            state = self._inner_optimizer().state[param]
-            return param.detach(), state["exp_avg"], state["exp_avg_sq"]
+            return replicated_param_state(param, self._inner_optimizer(), with_optim)
         # Collectives (all-reduce of fragments at ZeRO-1/2, all-gather of partitions at ZeRO-3).
         value = self._get_param(param)
         if not with_optim:
@@ -246,14 +245,9 @@ class DeepSpeedEngine(EngineBase):
         self, param: nn.Parameter, value: torch.Tensor, exp_avg: torch.Tensor | None, exp_avg_sq: torch.Tensor | None
     ) -> None:
         value = value.to(self.device)
+        if self.zero_stage == 0:
+            return load_replicated_param_state(param, self._inner_optimizer(), value, exp_avg, exp_avg_sq)
         with torch.no_grad():
-            if self.zero_stage == 0:
-                param.copy_(value.reshape(param.shape))
-                if exp_avg is not None and exp_avg_sq is not None:
-                    state = self._inner_optimizer().state[param]
-                    state["exp_avg"].copy_(exp_avg.reshape(param.shape))
-                    state["exp_avg_sq"].copy_(exp_avg_sq.reshape(param.shape))
-                return
             if self.zero_stage == 3:
                 # DeepSpeed's safe_set_full_* cut a rank's slice without the zero padding of the last partition
                 # (an error whenever numel % world_size != 0): cut padded local partitions here instead.

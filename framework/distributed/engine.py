@@ -321,6 +321,37 @@ def to_fp32(out: Any) -> Any:
     return out
 
 
+def _full_cpu(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A detached fp32 CPU copy of a full tensor in the model's own ``shape`` (never a view of live state)."""
+    return t.detach().reshape(shape).float().cpu().clone()
+
+
+def replicated_param_state(
+    param: nn.Parameter, optimizer: torch.optim.Optimizer, with_optim: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(value, exp_avg, exp_avg_sq) of an unpartitioned parameter stepped by a torch AdamW (DDP, ZeRO-0)."""
+    if not with_optim:
+        return param.detach(), None, None
+    state = optimizer.state[param]
+    return param.detach(), state["exp_avg"], state["exp_avg_sq"]
+
+
+def load_replicated_param_state(
+    param: nn.Parameter,
+    optimizer: torch.optim.Optimizer,
+    value: torch.Tensor,
+    exp_avg: torch.Tensor | None,
+    exp_avg_sq: torch.Tensor | None,
+) -> None:
+    """Copy full tensors into an unpartitioned parameter and its torch AdamW moments (DDP, ZeRO-0)."""
+    with torch.no_grad():
+        param.copy_(value.reshape(param.shape))
+        if exp_avg is not None and exp_avg_sq is not None:
+            state = optimizer.state[param]
+            state["exp_avg"].copy_(exp_avg.reshape(param.shape))
+            state["exp_avg_sq"].copy_(exp_avg_sq.reshape(param.shape))
+
+
 def _pack(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -457,8 +488,7 @@ class EngineBase(ABC):
         state: dict[str, torch.Tensor] = {}
         for name, p in self.module.named_parameters():
             value, _, _ = self._full_param_state(p, with_optim=False)
-            # clone: for unpartitioned engines ``value`` is the live parameter itself.
-            state[name] = value.detach().reshape(self._param_shapes[name]).float().cpu().clone()
+            state[name] = _full_cpu(value, self._param_shapes[name])  # for unpartitioned engines: the live param
         state.update(self._broadcast_buffers_from_rank0())
         return state
 
@@ -483,11 +513,11 @@ class EngineBase(ABC):
             if owners[name] != self.rank:
                 continue
             shape = self._param_shapes[name]
-            state[f"model.{name}"] = value.detach().reshape(shape).float().cpu().clone()
+            state[f"model.{name}"] = _full_cpu(value, shape)
             if adam_step > 0:
                 assert exp_avg is not None and exp_avg_sq is not None
-                state[f"optim.exp_avg.{name}"] = exp_avg.detach().reshape(shape).float().cpu().clone()
-                state[f"optim.exp_avg_sq.{name}"] = exp_avg_sq.detach().reshape(shape).float().cpu().clone()
+                state[f"optim.exp_avg.{name}"] = _full_cpu(exp_avg, shape)
+                state[f"optim.exp_avg_sq.{name}"] = _full_cpu(exp_avg_sq, shape)
         scaler = self._grad_scaler()
         if self.rank == 0:
             for name, buf in self._persistent_buffers():

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from framework.config import load_job_config, save_config, to_dict
+from framework.checkpoint.dcp import save_atomic
+from framework.config import load_job_config, to_dict
 from framework.config.schema import ClipJobConfig, ClipLossConfig
 from framework.data.clip_loader import ClipBatch, build_clip_loader
 from framework.data.tokenizer import Tokenizer, build_tokenizer
@@ -29,7 +30,14 @@ from framework.distributed.engine import Engine, build_engine
 from framework.distributed.env import init_distributed
 from framework.losses.contrastive import RankCLIPLossConfig, rankclip_loss
 from framework.models.clip.model import CLIP
-from framework.trainers.common import Progress, ScalarLogger, environment_info, git_commit, write_json_atomic
+from framework.trainers.common import (
+    Progress,
+    ScalarLogger,
+    environment_info,
+    git_commit,
+    open_run_dir,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +98,7 @@ def train_micro_step(
 def train(cfg: ClipJobConfig) -> dict[str, Any]:
     """Run one CLIP/RankCLIP job; returns the results dict (rank 0 also writes run_dir/metrics.json)."""
     env = init_distributed(cfg.engine.device)
-    run_dir = Path(cfg.train.run_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    run_dir = open_run_dir(cfg, env.is_main)
 
     torch.manual_seed(cfg.train.seed)  # same init on every rank (engines also broadcast from rank 0)
     model = CLIP(cfg.model)
@@ -190,10 +195,7 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
 
     final_state = engine.consolidated_state_dict()
     if env.is_main:
-        (run_dir / FINAL_MODEL).parent.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / (FINAL_MODEL + ".tmp")
-        torch.save(final_state, tmp)
-        tmp.replace(run_dir / FINAL_MODEL)
+        save_atomic(final_state, run_dir / FINAL_MODEL)
     results = {
         "loss_kind": cfg.loss.kind,
         "steps": engine.global_step,

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
+from framework.config import save_config
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _DONE = object()
@@ -42,6 +44,15 @@ def write_json_atomic(path: str | Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def open_run_dir(cfg: Any, is_main: bool) -> Path:
+    """The job's ``cfg.train.run_dir``; the main rank creates it and writes the resolved ``config.yaml`` there."""
+    run_dir = Path(cfg.train.run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    return run_dir
 
 
 def environment_info() -> dict[str, Any]:

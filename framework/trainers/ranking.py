@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.checkpoint.dcp import Checkpointer
-from framework.config import save_config, to_dict
+from framework.config import to_dict
 from framework.config.schema import DataConfig, RankingJobConfig
 from framework.data.interactions import Interactions
 from framework.data.movielens import load_movielens
@@ -33,6 +33,7 @@ from framework.trainers.common import (
     ScalarLogger,
     environment_info,
     git_commit,
+    open_run_dir,
     write_json_atomic,
 )
 
@@ -129,10 +130,7 @@ def restore(ckpt_dir: Path, sm: ShardedModel, state: TrainState) -> None:
 def train(cfg: RankingJobConfig) -> dict[str, Any]:
     """Run one ranking job; returns the final results (same dict on every rank)."""
     env = init_distributed(cfg.sharding.device)
-    run_dir = Path(cfg.train.run_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    run_dir = open_run_dir(cfg, env.is_main)
 
     torch.manual_seed(cfg.train.seed)
     t_data = time.perf_counter()
