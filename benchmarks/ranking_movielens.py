@@ -34,7 +34,7 @@ def run_one(args: argparse.Namespace, formulation: str, seed: int) -> dict:
         f"model.formulation={formulation}",
         f"train.seed={seed}",
         f"train.run_dir={run_dir}",
-        "train.resume=false",
+        "train.resume=never",
         "train.progress=false",
         *args.overrides,
     ]

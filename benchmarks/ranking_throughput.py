@@ -8,7 +8,7 @@ Per formulation, on ``configs/ranking/din_throughput.yaml`` (history <= 100, dim
 
 1. sharded: ``launch.train`` under torchrun with ``--nproc`` ranks (OMP_NUM_THREADS = cores / nproc each).
 2. plain: the same model with ``embedding_backend="torch"`` (one ``nn.EmbeddingBag(sparse=True)`` per table) in
-   this process, no torch.distributed, on the same global batch (batch_size * nproc); the config's optimizers
+   this process, no torch.distributed, on the same global batch (train.global_batch_size); the config's optimizers
    (the sparse one is what the sharded run fuses into its backward; adagrad + adam in din_throughput.yaml).
 
 Both sides are timed over the same steps ``warmup+1 .. warmup+steps`` including batch construction (see METHOD).
@@ -72,7 +72,7 @@ METHOD = (
     "steady-state throughput = steps*global_batch / (elapsed(warmup+steps) - elapsed(warmup)). "
     "`sharded_samples_incl_warmup` is metrics.json train_examples_per_s (all steps, first included). "
     "Plain: same config and overrides, build_ranking_model(embedding_backend='torch') in the benchmark process "
-    "without torch.distributed, global batch = batch_size*nproc as rank 0 of world 1, "
+    "without torch.distributed, global batch = train.global_batch_size as rank 0 of world 1, "
     "the config's optimizers (sparse_optimizer_spec / dense_optimizer_factory: Adagrad + Adam here) on sparse "
     "EmbeddingBag grads and dense params, timed with "
     "perf_counter around steps warmup+1..warmup+steps of the same data.batches generator behind the trainer's "
@@ -91,7 +91,7 @@ METHOD = (
 
 def overrides_for(formulation: str, run_dir: Path, total_steps: int, warmup: int, extra: list[str]) -> list[str]:
     return [
-        f"model.formulation={formulation}", f"train.run_dir={run_dir}", "train.resume=false", "train.progress=false",
+        f"model.formulation={formulation}", f"train.run_dir={run_dir}", "train.resume=never", "train.progress=false",
         # Scalars at every multiple of gcd(warmup, total): steps `warmup` and `total` are both logged.
         f"train.max_steps={total_steps}", "train.tensorboard=true", f"train.log_every={math.gcd(warmup, total_steps)}",
         *extra,
@@ -184,7 +184,7 @@ def measure(
             data = build_data(cfg)
         for threads in args.plain_threads:
             log(f"[{f}] {r + 1}/{args.repeats}: plain, {threads} thread(s), {total} steps")
-            plain.append(run_plain(cfg, data, cfg.train.batch_size * args.nproc, args.warmup, args.steps, threads))
+            plain.append(run_plain(cfg, data, cfg.train.global_batch_size, args.warmup, args.steps, threads))
     s, p = best(sharded), best(plain)
     ratio = s["examples_per_s"] / p["examples_per_s"]
     return {

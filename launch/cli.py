@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overrides = [
             f"model.formulation={formulation}",
             f"train.run_dir={run_dir}",
-            "train.resume=false",
+            "train.resume=never",
             *args.overrides,
         ]
         print(f"\n=== {formulation}: {len(overrides)} overrides, {args.nproc} rank(s) ===", flush=True)
@@ -173,7 +173,7 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
     for name, run, loss in DEMO_CLIP_VARIANTS:
         run_dir = root / run
         overrides = [
-            *loss, f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=false",
+            *loss, f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=never",
             f"data.train_shards={shards['train']}", f"data.val_shards={shards['val']}", *args.overrides,
         ]  # fmt: skip
         print(f"\n=== {name}: {args.steps} steps on {args.nproc} rank(s) ===", flush=True)

@@ -124,15 +124,34 @@ class Checkpointer:
 
     @staticmethod
     def load(path: str | Path, state: dict[str, Any]) -> None:
-        """Fill ``state`` in place from the checkpoint (resharding as needed)."""
-        path = Path(path)
-        if not (path / ".metadata").is_file():
-            raise FileNotFoundError(f"{path}: no DCP .metadata, not a complete checkpoint")
+        """Fill ``state`` in place from the checkpoint (resharding as needed).
+
+        Raises:
+            FileNotFoundError: ``path`` is not a committed checkpoint: an interrupted save (``*.partial``), a
+                superseded copy (``*.replaced``), or a directory without DCP metadata or ``meta.json``.
+        """
+        path = require_committed(path)
         dcp.load(state, checkpoint_id=str(path))
+
+
+def require_committed(path: str | Path) -> Path:
+    """``path`` if it is a committed checkpoint directory, else ``FileNotFoundError`` saying what it is."""
+    path = Path(path)
+    if path.name.endswith((".partial", ".replaced")):
+        kind = "an interrupted save" if path.name.endswith(".partial") else "a superseded copy"
+        raise FileNotFoundError(
+            f"{path}: {kind}, not a committed checkpoint; load a step_XXXXXXXX directory (Checkpointer.latest())"
+        )
+    if not (path / "meta.json").is_file():
+        raise FileNotFoundError(f"{path}: no meta.json, not a committed checkpoint")
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path}: no DCP .metadata, not a complete checkpoint")
+    return path
 
 
 def load_model_state_plain(path: str | Path, model: torch.nn.Module) -> None:
     """Load the model part of a (sharded) checkpoint into an unsharded model in this single process."""
+    path = require_committed(path)
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=str(path), no_dist=True)
     model.load_state_dict(state["model"])

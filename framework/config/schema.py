@@ -12,6 +12,7 @@ from framework.models.clip.model import CLIPConfig
 
 Formulation = Literal["icr", "ucr", "hybrid"]
 ShardingType = Literal["auto", "table_wise", "column_wise", "row_wise", "data_parallel"]
+ResumeMode = Literal["auto", "never", "force"]
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -58,10 +59,19 @@ class DataConfig:
     """M: users who engaged the item positively, reservoir-sampled per interaction (user-centric channel)."""
     num_time_buckets: int = 32
     """Log2-minute buckets of (example time - history event time) for the relative-time encoding."""
-    split: Literal["chronological", "random"] = "chronological"
-    """4:1 split: chronological (last 20% of time is test) or random (seeded)."""
+    split: Literal["chronological", "random", "user"] = "chronological"
+    """Protocol, each leakage-free (no test label in a train example's features): chronological (last 20% of
+    time is test), random (seeded 4:1 split of events; train lists use train events only) or user (every event
+    of 20% of the users is test, as in DIN and the UCR authors' code; train lists exclude test users)."""
     test_fraction: float = 0.2
-    """Fraction of examples held out for test."""
+    """Fraction of examples (of users, for split=user) held out for test."""
+    split_seed: int = 0
+    """Seed of the random/user split (the training seed does not move the split)."""
+    holdout: Literal["test", "validation"] = "test"
+    """Evaluate on the test split, or (for tuning) drop the test events and evaluate on a validation split
+    carved out of train by the same protocol."""
+    validation_fraction: float = 0.1
+    """Fraction of the train events (users) held out as validation when holdout=validation."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Generator settings, used when source=synthetic."""
 
@@ -71,6 +81,10 @@ class DataConfig:
         _positive(self, "max_item_hist", "max_user_hist", "num_time_buckets")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.split_seed < 0:
+            raise ValueError(f"split_seed must be >= 0, got {self.split_seed}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -140,8 +154,9 @@ class OptimConfig:
 
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
-    batch_size: int = 256
-    """Examples per rank per step (global batch = batch_size * world_size)."""
+    global_batch_size: int = 512
+    """Examples per optimizer step over all ranks (each rank takes global_batch_size / world_size, so it must
+    divide by the world size). The data order, and so a run, is the same at any world size."""
     eval_batch_size: int = 1024
     """Examples per rank per evaluation step."""
     epochs: int = 1
@@ -158,8 +173,10 @@ class TrainConfig:
     """Save a checkpoint every this many steps (and at the end); null = only at the end."""
     keep_checkpoints: int = 2
     """Committed checkpoints kept in run_dir/checkpoints (oldest removed first)."""
-    resume: bool = True
-    """Resume from the newest committed checkpoint in run_dir if there is one."""
+    resume: ResumeMode = "auto"
+    """auto: resume from the newest committed checkpoint in run_dir if there is one, refusing one whose config
+    differs in anything but the keys that may change on resume (steps/epochs, logging, paths, sharding);
+    never: start from scratch; force: resume whatever differs (the differences are logged)."""
     log_every: int = 20
     """Steps between TensorBoard scalar writes."""
     prefetch_batches: int = 2
@@ -170,7 +187,7 @@ class TrainConfig:
     """Write TensorBoard scalars to run_dir/tb."""
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "eval_batch_size", "epochs", "max_steps", "eval_max_examples")
+        _positive(self, "global_batch_size", "eval_batch_size", "epochs", "max_steps", "eval_max_examples")
         _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
         if self.prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
@@ -322,8 +339,10 @@ class ClipTrainConfig:
     """Save a checkpoint every this many optimizer steps (and at the end); null = only at the end."""
     keep_checkpoints: int = 2
     """Committed checkpoints kept (oldest removed first)."""
-    resume: bool = True
-    """Resume from the newest committed checkpoint in run_dir (any world size) if there is one."""
+    resume: ResumeMode = "auto"
+    """auto: resume from the newest committed checkpoint in run_dir (any world size) if there is one, refusing
+    one whose config differs in anything but the keys that may change on resume (max_steps, logging, paths,
+    engine backend/stage); never: start from scratch; force: resume whatever differs (logged)."""
     log_every: int = 10
     """Optimizer steps between scalar logs."""
     progress: bool = True

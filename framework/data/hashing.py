@@ -37,14 +37,36 @@ def hash_ids(ids: np.ndarray, hash_size: int, salt: int = 0) -> np.ndarray:
     if hash_size < 1:
         raise ValueError(f"hash_size must be >= 1, got {hash_size}")
     x = np.asarray(ids).astype(np.int64, copy=False).view(np.uint64)
-    salt_u = np.uint64(salt & 0xFFFFFFFFFFFFFFFF)
+    return (splitmix64(x, np.uint64(salt & 0xFFFFFFFFFFFFFFFF) + np.uint64(1)) % np.uint64(hash_size)).astype(np.int64)
+
+
+def splitmix64(state: np.ndarray, counter: np.ndarray | np.uint64) -> np.ndarray:
+    """The ``counter``-th output of the splitmix64 generator started at ``state`` (elementwise, uint64).
+
+    A counter-based generator: output ``n`` of the stream ``state`` is a pure function of (state, n), so any
+    element of any stream is computed directly, in any order and on any rank, with no generator state to carry.
+    """
+    state = np.asarray(state, dtype=np.uint64)
+    counter = np.asarray(counter, dtype=np.uint64)
     # uint64 arithmetic wraps modulo 2**64, which is what splitmix64 relies on.
     with np.errstate(over="ignore"):
-        z = x + (salt_u + np.uint64(1)) * _GOLDEN
+        z = state + counter * _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _MIX1
         z = (z ^ (z >> np.uint64(27))) * _MIX2
-        z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(hash_size)).astype(np.int64)
+        return z ^ (z >> np.uint64(31))
+
+
+def stream_keys(*parts: int | np.ndarray) -> np.ndarray:
+    """uint64 keys that identify random streams by a tuple of integers (scalars or arrays, broadcast).
+
+    Distinct tuples give unrelated keys (each part is folded in through a splitmix64 step), e.g.
+    ``stream_keys(seed, purpose, epoch, example_index_N)`` names one stream per example.
+    """
+    key = np.zeros((), dtype=np.uint64)
+    for part in parts:
+        x = np.asarray(part).astype(np.int64, copy=False).view(np.uint64)
+        key = splitmix64(key ^ x, np.uint64(1))
+    return key
 
 
 @dataclass

@@ -14,7 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-SplitMode = Literal["chronological", "random"]
+SplitMode = Literal["chronological", "random", "user"]
+SPLIT_MODES: tuple[str, ...] = ("chronological", "random", "user")
 
 
 class DataFormatError(ValueError):
@@ -156,6 +157,21 @@ class Interactions:
         """Number of label columns T."""
         return int(self.labels.shape[1])
 
+    def select(self, positions: np.ndarray) -> Interactions:
+        """The log restricted to the events at ``positions`` (ascending), still time-sorted."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size > 1 and np.any(np.diff(positions) <= 0):
+            raise ValueError("Interactions.select: positions must be strictly ascending")
+        return Interactions(
+            user_raw=self.user_raw[positions],
+            item_raw=self.item_raw[positions],
+            timestamp=self.timestamp[positions],
+            labels=self.labels[positions],
+            task_names=self.task_names,
+            history_task=self.history_task,
+            source=self.source,
+        )
+
     def positive_mask(self) -> np.ndarray:
         """bool [E]: events that count as positive engagement for histories."""
         return self.labels[:, self.history_task] > 0.5
@@ -173,10 +189,12 @@ def split_indices(
         inter: the (time-sorted) log.
         mode: "chronological" puts the last ``test_fraction`` of events (in time
             order) into test; events that share the timestamp at the cut all go to
-            test so the split never separates same-second events. "random" uses a
-            seeded permutation.
-        test_fraction: fraction of events in test, in [0, 1).
-        seed: seed for the "random" mode.
+            test so the split never separates same-second events. "random" puts a
+            seeded ``test_fraction`` of events into test. "user" puts every event of
+            a seeded ``test_fraction`` of the users into test (DIN's and the UCR
+            authors' MovieLens protocol).
+        test_fraction: fraction of events (users, for "user") in test, in [0, 1).
+        seed: seed for the "random" and "user" modes.
 
     Returns:
         (train_idx, test_idx): int64 arrays of event positions, ascending.
@@ -184,11 +202,17 @@ def split_indices(
     Raises:
         ValueError: on an unknown mode or an out-of-range test_fraction.
     """
-    if mode not in ("chronological", "random"):
-        raise ValueError(f"split mode must be 'chronological' or 'random', got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split mode must be one of {', '.join(SPLIT_MODES)}, got {mode!r}")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     num_events = inter.num_examples
+    if mode == "user":
+        users = np.unique(inter.user_raw)
+        num_test_users = int(round(users.size * test_fraction))
+        test_users = np.random.default_rng(seed).permutation(users)[:num_test_users]
+        is_test = np.isin(inter.user_raw, test_users)
+        return np.flatnonzero(~is_test).astype(np.int64), np.flatnonzero(is_test).astype(np.int64)
     num_test = int(round(num_events * test_fraction))
     if num_test == 0:
         return np.arange(num_events, dtype=np.int64), np.empty(0, dtype=np.int64)

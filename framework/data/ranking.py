@@ -12,6 +12,21 @@ For an example e = (u, i, t):
 "Strictly before" also excludes events in the same second as the example, so no
 label of the example's own timestamp can leak into its features.
 
+Split protocols (``split``): ``chronological`` (the last 20% of time is test),
+``random`` (a seeded 4:1 split of events) and ``user`` (every event of a seeded
+20% of users is test). All are leakage-free by one rule: **no test label ever
+enters a feature of a train example** (the model would memorize it through the
+embeddings it trains). Train examples' lists therefore draw only on train-split
+events (the "train view"); a test example may use any event strictly before its
+own time (the "all view"), since nothing is trained on its features. With
+``holdout="validation"`` the test events are dropped altogether and the same
+protocol carves a validation split out of the train events: tuning never sees test.
+
+UC-Sampling draws are keyed by the example (seed, split, epoch for train, event
+position), not by rank or step: a batch is the same whatever the world size that
+builds it, so resuming at another world size and evaluating on any number of
+ranks give the same examples and the same lists.
+
 Everything is precomputed once into CSR arrays sorted by (owner, time); a batch
 is then a handful of vectorized ``searchsorted``/``repeat`` operations.
 """
@@ -26,9 +41,9 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from framework.data.hashing import CollisionStats, IdMapper
-from framework.data.interactions import Interactions, split_indices
-from framework.data.sampling import reservoir_sample_many
+from framework.data.hashing import CollisionStats, IdMapper, stream_keys
+from framework.data.interactions import Interactions, SplitMode, split_indices
+from framework.data.sampling import reservoir_sample_keyed
 
 TABLES: dict[str, tuple[str, str]] = {
     "item": ("target_item", "item_hist"),
@@ -42,6 +57,7 @@ FEATURES_BY_FORMULATION: dict[str, list[str]] = {
 FEATURE_TABLE: dict[str, str] = {f: table for table, feats in TABLES.items() for f in feats}
 
 Split = Literal["train", "test"]
+Holdout = Literal["test", "validation"]
 
 # Fixed per-table salts: the same raw id lands in unrelated rows of different tables,
 # and the mapping does not depend on the data seed (checkpoints stay portable).
@@ -156,8 +172,11 @@ class RankingData:
         max_user_hist: int = 512,
         hash_sizes: dict[str, int | None] | None = None,
         num_time_buckets: int = 32,
-        split: str = "chronological",
+        split: SplitMode = "chronological",
         test_fraction: float = 0.2,
+        split_seed: int = 0,
+        holdout: Holdout = "test",
+        validation_fraction: float = 0.1,
         seed: int = 0,
     ):
         """Builds the history CSRs, id mappers and the train/test split.
@@ -170,9 +189,16 @@ class RankingData:
             hash_sizes: per table ("item", "user") rows of a hashed table, or None
                 for an exact vocabulary; missing tables default to None.
             num_time_buckets: relative-time buckets for history elements.
-            split: "chronological" or "random".
-            test_fraction: fraction of events in the test split.
-            seed: seeds the split, the epoch permutations and UC-Sampling.
+            split: protocol, "chronological", "random" or "user" (module docstring).
+            test_fraction: fraction of events (users, for "user") in the test split.
+            split_seed: seeds the "random" and "user" splits (independent of ``seed``, so
+                training seeds share one split).
+            holdout: "test" evaluates on the test split; "validation" drops the test
+                events and carves a validation split (same protocol) out of train: the
+                ``"test"`` batches are then the validation examples.
+            validation_fraction: fraction of the train events (users) held out with
+                ``holdout="validation"``.
+            seed: seeds the epoch permutations and UC-Sampling.
 
         Raises:
             ValueError: on an unknown formulation/table or out-of-range arguments.
@@ -186,12 +212,24 @@ class RankingData:
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        if seed < 0 or split_seed < 0:
+            raise ValueError(f"seed and split_seed must be >= 0, got {seed}, {split_seed}")
+        if holdout not in ("test", "validation"):
+            raise ValueError(f"holdout must be 'test' or 'validation', got {holdout!r}")
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
         hash_sizes = dict(hash_sizes or {})
         unknown = set(hash_sizes) - set(TABLES)
         if unknown:
             raise ValueError(f"hash_sizes has unknown table(s) {sorted(unknown)}; known: {sorted(TABLES)}")
+
+        train_idx, test_idx = split_indices(inter, split, test_fraction, split_seed)
+        if holdout == "validation":
+            inter = inter.select(train_idx)
+            train_idx, test_idx = split_indices(inter, split, validation_fraction, split_seed + 1)
+        self._train_idx, self._test_idx = train_idx, test_idx
+        self.split = split
+        self.holdout = holdout
 
         self._inter = inter
         self.formulation = formulation
@@ -216,16 +254,24 @@ class RankingData:
         self._ts_rank_E = np.concatenate([[0], np.cumsum(ts[1:] != ts[:-1])]).astype(np.int64)[: ts.size]
         self._num_ts = int(self._ts_rank_E[-1]) + 1 if ts.size else 1
         positive_E = inter.positive_mask()
-        self._user_csr: _Csr | None = None
-        self._item_csr: _Csr | None = None
-        if "item_hist" in self._features:
-            self._user_code_E = np.unique(inter.user_raw, return_inverse=True)[1].astype(np.int64)
-            self._user_csr = self._build_csr(self._user_code_E, positive_E)
-        if "user_hist" in self._features:
-            self._item_code_E = np.unique(inter.item_raw, return_inverse=True)[1].astype(np.int64)
-            self._item_csr = self._build_csr(self._item_code_E, positive_E)
-
-        self._train_idx, self._test_idx = split_indices(inter, split, test_fraction, seed)  # type: ignore[arg-type]
+        train_positive_E = np.zeros_like(positive_E)
+        train_positive_E[train_idx] = positive_E[train_idx]
+        # Chronologically, every event strictly before a train example is a train event: the views coincide.
+        separate_views = split != "chronological"
+        # view -> owner CSR; "train" lists hold train-split positives only, "all" lists every positive.
+        self._user_csr: dict[str, _Csr] = {}
+        self._item_csr: dict[str, _Csr] = {}
+        owners = (("item_hist", self._user_csr, inter.user_raw), ("user_hist", self._item_csr, inter.item_raw))
+        for feature, csr, raw in owners:
+            if feature not in self._features:
+                continue
+            code_E = np.unique(raw, return_inverse=True)[1].astype(np.int64)
+            csr["all"] = self._build_csr(code_E, positive_E)
+            csr["train"] = self._build_csr(code_E, train_positive_E) if separate_views else csr["all"]
+            if feature == "item_hist":
+                self._user_code_E = code_E
+            else:
+                self._item_code_E = code_E
 
     # ------------------------------------------------------------------ properties
 
@@ -275,33 +321,47 @@ class RankingData:
 
     # ------------------------------------------------------------------ histories
 
-    def history_lists(self, example_index: np.ndarray, rng: np.random.Generator) -> HistoryLists:
+    def history_lists(self, example_index: np.ndarray, split: Split = "test", epoch: int = 0) -> HistoryLists:
         """Computes the history lists of real examples.
 
         Args:
             example_index: int64 [N] event positions (no padding).
-            rng: drives UC-Sampling of item lists longer than ``max_user_hist``.
+            split: "train" builds train examples' lists: train-split events only, UC-Sampling re-drawn every
+                epoch. "test" builds test examples' lists: any earlier event, one fixed draw per example.
+            epoch: the training epoch (train only): selects the UC-Sampling draw.
 
         Returns:
             The lists as event positions, so callers can inspect raw ids and times.
         """
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        view = "train" if split == "train" else "all"
         idx = np.asarray(example_index, dtype=np.int64)
         empty = np.empty(0, dtype=np.int64)
         zeros = np.zeros(idx.shape[0], dtype=np.int64)
         item_events, item_lengths = empty, zeros
         user_events, user_lengths = empty, zeros
-        if self._user_csr is not None:
-            start, end = self._prefix(self._user_csr, self._user_code_E[idx], idx)
+        if self._user_csr:
+            csr = self._user_csr[view]
+            start, end = self._prefix(csr, self._user_code_E[idx], idx)
             # Keep the most recent N: the tail of the strictly-earlier prefix.
             item_lengths = np.minimum(end - start, self.max_item_hist)
-            item_events = self._user_csr.events[_ranges(end - item_lengths, item_lengths)]
-        if self._item_csr is not None:
-            start, end = self._prefix(self._item_csr, self._item_code_E[idx], idx)
-            user_events, user_lengths = self._sample_users(start, end - start, rng)
+            item_events = csr.events[_ranges(end - item_lengths, item_lengths)]
+        if self._item_csr:
+            csr = self._item_csr[view]
+            start, end = self._prefix(csr, self._item_code_E[idx], idx)
+            user_events, user_lengths = self._sample_users(
+                csr, start, end - start, self._sample_keys(idx, split, epoch)
+            )
         return HistoryLists(item_events, item_lengths, user_events, user_lengths)
 
+    def _sample_keys(self, idx: np.ndarray, split: Split, epoch: int) -> np.ndarray:
+        if split == "train":
+            return stream_keys(self.seed, _STREAM_TRAIN_SAMPLE, epoch, idx)
+        return stream_keys(self.seed, _STREAM_TEST_SAMPLE, idx)
+
     def _sample_users(
-        self, start: np.ndarray, count: np.ndarray, rng: np.random.Generator
+        self, csr: _Csr, start: np.ndarray, count: np.ndarray, keys: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         m = self.max_user_hist
         lengths = np.minimum(count, m)
@@ -313,10 +373,10 @@ class RankingData:
         if long.any():
             # A fresh sample per example (not per item): reusing one sample per item would tie
             # all of that item's examples to the same few users.
-            rel_LM = reservoir_sample_many(count[long], m, rng)
+            rel_LM = reservoir_sample_keyed(count[long], m, keys[long])
             dst_LM = out_offsets[long][:, None] + np.arange(m)
             positions[dst_LM.ravel()] = (start[long][:, None] + rel_LM).ravel()
-        return self._item_csr.events[positions], lengths
+        return csr.events[positions], lengths
 
     def _prefix(self, csr: _Csr, code: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[start, end) of the owner's CSR segment strictly before each example's time."""
@@ -336,13 +396,14 @@ class RankingData:
 
     # ------------------------------------------------------------------ batches
 
-    def make_batch(self, example_index: np.ndarray, rng: np.random.Generator) -> RankingBatch:
+    def make_batch(self, example_index: np.ndarray, split: Split = "test", epoch: int = 0) -> RankingBatch:
         """Builds a batch for the given event positions (-1 marks padding).
 
         Args:
             example_index: int64 [B] event positions; -1 entries become padding
                 (weight 0, target rows 0, empty histories, zero labels).
-            rng: drives UC-Sampling.
+            split: whose lists to build (see :meth:`history_lists`).
+            epoch: training epoch (train only), selects the UC-Sampling draw.
 
         Returns:
             The batch.
@@ -351,7 +412,7 @@ class RankingData:
         batch = example_index.shape[0]
         real_B = example_index >= 0
         idx = example_index[real_B]
-        hist = self.history_lists(idx, rng)
+        hist = self.history_lists(idx, split, epoch)
         ts_real = self._inter.timestamp[idx]
 
         values: list[np.ndarray] = []
@@ -421,9 +482,10 @@ class RankingData:
         Test: time order, last global batch padded (weight 0, index -1), so every
         test example appears exactly once over all ranks.
 
-        UC-Sampling of a step draws from an rng seeded by (seed, epoch, step,
-        rank) for train and (seed, "test", step, rank) for test, so any step can
-        be rebuilt exactly, e.g. when resuming with ``start_step``.
+        UC-Sampling draws are keyed by (seed, epoch, example) for train and
+        (seed, "test", example) for test, so any step can be rebuilt exactly
+        (resuming with ``start_step``), and for a fixed global batch the batches
+        do not depend on the world size.
 
         Args:
             split: "train" or "test".
@@ -469,11 +531,7 @@ class RankingData:
             if chunk.shape[0] < global_batch:
                 chunk = np.concatenate([chunk, np.full(global_batch - chunk.shape[0], -1, np.int64)])
             local = chunk[rank * batch_size : (rank + 1) * batch_size]
-            if split == "train":
-                entropy = [self.seed, _STREAM_TRAIN_SAMPLE, epoch, step, rank]
-            else:
-                entropy = [self.seed, _STREAM_TEST_SAMPLE, step, rank]
-            yield self.make_batch(local, np.random.default_rng(entropy))
+            yield self.make_batch(local, split, epoch)
 
     def _split_size(self, split: Split, max_examples: int | None) -> int:
         n = self._train_idx.shape[0] if split == "train" else self._test_idx.shape[0]

@@ -492,11 +492,13 @@ class EngineBase(ABC):
         state.update(self._broadcast_buffers_from_rank0())
         return state
 
-    def save(self, root: str | Path, client_state: Any) -> Path:
+    def save(self, root: str | Path, client_state: Any, extra_meta: dict[str, Any] | None = None) -> Path:
         """Collective: write ``root/step_{global_step:08d}`` (see the module docstring) and return its path.
 
         Must be called at an accumulation boundary (right after :meth:`step` returned True, or before training).
         ``client_state`` is per rank (e.g. this rank's data-loader position) and anything ``torch.save`` accepts.
+        ``extra_meta`` (JSON, rank 0's is written) goes into meta.json beside the engine's own keys, e.g. the
+        run's config and its world-size-independent data position.
         """
         if not self._at_boundary():
             raise RuntimeError(
@@ -540,6 +542,7 @@ class EngineBase(ABC):
             "params": {name: list(shape) for name, shape in self._param_shapes.items()},
             "buffers": [name for name, _ in self._persistent_buffers()],
             "grad_scaler": scaler is not None,
+            **(extra_meta or {}),
         }
         return Checkpointer(root, keep=self.keep_checkpoints, rank=self.rank).save(step, state, meta)
 

@@ -6,7 +6,10 @@ its own rows against all columns); the engine's gradient averaging then gives th
 global-batch loss. One optimizer step = ``engine.grad_accum_steps`` micro-batches.
 
 The data position (per rank) travels in the checkpoint's client state, so a resumed run at the same world size
-sees exactly the samples an uninterrupted run would have; the engine checkpoints load at any world size.
+sees exactly the samples an uninterrupted run would have; the engine checkpoints load at any world size. At
+another world size the per-rank streams do not exist any more: the run continues at the next epoch boundary
+after the samples consumed (meta.json ``data``: epoch and samples of it trained on), logged as a warning.
+A checkpoint is only resumed by the run that wrote it (``train.resume``, :mod:`framework.checkpoint.resume`).
 At the end rank 0 writes ``run_dir/final/model.pt`` (consolidated fp32 state dict) next to ``run_dir/config.yaml``:
 ``scalefirst eval clip --run-dir`` reads those two.
 """
@@ -20,13 +23,14 @@ from typing import Any
 
 import torch
 
-from framework.checkpoint.dcp import save_atomic
+from framework.checkpoint.dcp import Checkpointer, save_atomic
+from framework.checkpoint.resume import check_resume_config
 from framework.config import load_job_config, to_dict
 from framework.config.schema import ClipJobConfig, ClipLossConfig
 from framework.data.clip_loader import ClipBatch, build_clip_loader
 from framework.data.tokenizer import Tokenizer, build_tokenizer
 from framework.distributed.collectives import gather_features, local_rows
-from framework.distributed.engine import Engine, build_engine
+from framework.distributed.engine import Engine, build_engine, resolve_checkpoint
 from framework.distributed.env import init_distributed
 from framework.losses.contrastive import RankCLIPLossConfig, rankclip_loss
 from framework.models.clip.model import CLIP
@@ -42,6 +46,19 @@ from framework.trainers.common import (
 logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "final/model.pt"
+RESUMABLE_CHANGES = (
+    "train.max_steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
+    "train.log_every", "train.progress", "train.tensorboard", "data.train_shards", "data.val_shards",
+    "data.vocab_path", "engine.backend", "engine.zero_stage", "engine.device",
+)  # fmt: skip
+"""Config keys a resumed run may change (more steps, logging, paths, the ZeRO layout); any other difference
+refuses the checkpoint."""
+
+
+def resume_epoch(data_position: dict[str, int]) -> int:
+    """The epoch a run continues at when per-rank stream positions cannot be restored (another world size):
+    the one after the samples consumed, so nothing repeats (the rest of a partly trained epoch is skipped)."""
+    return data_position["epoch"] + (1 if data_position["samples_in_epoch"] else 0)
 
 
 def loss_config(cfg: ClipLossConfig, step: int = 0) -> RankCLIPLossConfig:
@@ -114,10 +131,16 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
     )
     ckpt_root = run_dir / "checkpoints"
     client: dict[str, Any] | None = None
-    if cfg.train.resume and ckpt_root.is_dir():
-        client = engine.load(ckpt_root)
-        if env.is_main and engine.global_step:
-            logger.info("resumed at optimizer step %d from %s", engine.global_step, ckpt_root)
+    latest = None if cfg.train.resume == "never" else resolve_checkpoint(ckpt_root)
+    saved: dict[str, Any] = {}
+    if latest is not None:
+        saved = Checkpointer.read_meta(latest)
+        check_resume_config(
+            saved.get("config"), to_dict(cfg), may_change=RESUMABLE_CHANGES, mode=cfg.train.resume, checkpoint=latest
+        )
+        client = engine.load(latest)
+        if env.is_main:
+            logger.info("resumed at optimizer step %d from %s", engine.global_step, latest)
 
     loader = build_clip_loader(
         cfg.data,
@@ -133,12 +156,14 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
     )
     accum = cfg.engine.grad_accum_steps
     if client is None and engine.global_step:
-        # Resumed at another world size: per-rank stream positions do not carry over; continue at the next epoch
-        # boundary after the samples already trained on (nothing repeats; the rest of the current epoch is skipped).
-        epoch = -(-engine.global_step * accum // loader.batches_per_epoch)
+        epoch = resume_epoch(saved["data"])
         loader.start_at_epoch(epoch)
         if env.is_main:
-            logger.warning("data: world size changed since the checkpoint; starting at epoch %d", epoch)
+            logger.warning(
+                "data: world size changed since the checkpoint (%d -> %d ranks): %d samples of epoch %d were "
+                "trained on; starting at epoch %d", saved["world_size"], env.world_size,
+                saved["data"]["samples_in_epoch"], saved["data"]["epoch"], epoch,
+            )  # fmt: skip
     global_batch = cfg.train.batch_size * env.world_size * accum
     if env.is_main:
         logger.info(
@@ -150,7 +175,10 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
 
     def save() -> None:
         state = {"loader": loader.state_dict(), "data_stats": loader.stats()}
-        engine.save(ckpt_root, client_state=state)
+        # Every rank has yielded the same number of batches: the global position in samples is rank-independent.
+        in_epoch = loader.batches_yielded - loader.epoch * loader.batches_per_epoch
+        position = {"epoch": loader.epoch, "samples_in_epoch": in_epoch * cfg.train.batch_size * env.world_size}
+        engine.save(ckpt_root, client_state=state, extra_meta={"config": to_dict(cfg), "data": position})
 
     scalars = ScalarLogger(run_dir / "tb", enabled=cfg.train.tensorboard and env.is_main)
     progress = Progress(

@@ -1,8 +1,12 @@
 """Ranking trainer: data → model → TorchRec sharding → train loop with checkpoints → gathered AUC/NCE.
 
-One optimizer step at world size W is one step on the global batch (W × train.batch_size): see
-``framework.distributed.torchrec_sharding``. Training state (step, epoch, position in the epoch) is part of
-every checkpoint, and batches are a pure function of (seed, epoch, step), so a resumed run continues exactly.
+One optimizer step is one step on the global batch (``train.global_batch_size`` examples, each of W ranks
+taking its 1/W slice): see ``framework.distributed.torchrec_sharding``. Global batches are a pure function of
+(seed, epoch, step) whatever the world size (UC-Sampling is keyed by the example, not the rank), so the
+examples of a run do not depend on W. Training state (step, epoch, global examples consumed in the epoch) is
+part of every checkpoint: a run saved at one world size and resumed at another continues on exactly the
+examples an uninterrupted run would see next (tested 2 -> 1 and 1 -> 2 ranks through this trainer).
+A checkpoint is only resumed by the run that wrote it (``train.resume``, :mod:`framework.checkpoint.resume`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.checkpoint.dcp import Checkpointer
+from framework.checkpoint.resume import check_resume_config
 from framework.config import to_dict
 from framework.config.schema import DataConfig, RankingJobConfig
 from framework.data.interactions import Interactions
@@ -40,11 +45,22 @@ from framework.trainers.common import (
 logger = logging.getLogger(__name__)
 
 
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.max_steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.resume", "train.log_every", "train.prefetch_batches", "train.progress", "train.tensorboard",
+    "train.eval_batch_size", "train.eval_max_examples", "data.path", "sharding.*", "model.attention_backend",
+)  # fmt: skip
+"""Config keys a resumed run may change (fnmatch patterns); any other difference refuses the checkpoint."""
+
+
 @dataclass
 class TrainState:
     step: int = 0
+    """Optimizer steps taken in total."""
     epoch: int = 0
-    step_in_epoch: int = 0
+    """Current epoch (its permutation of the train split)."""
+    examples_in_epoch: int = 0
+    """Global examples of the current epoch already trained on: the data position, independent of W."""
 
 
 def load_interactions(cfg: DataConfig) -> Interactions:
@@ -72,6 +88,9 @@ def build_data(cfg: RankingJobConfig, inter: Interactions | None = None) -> Rank
         num_time_buckets=cfg.data.num_time_buckets,
         split=cfg.data.split,
         test_fraction=cfg.data.test_fraction,
+        split_seed=cfg.data.split_seed,
+        holdout=cfg.data.holdout,
+        validation_fraction=cfg.data.validation_fraction,
         seed=cfg.train.seed,
     )
 
@@ -108,7 +127,7 @@ def evaluate(
     return metrics.compute()
 
 
-_TRAINER_FIELDS = ("step", "epoch", "step_in_epoch")
+_TRAINER_FIELDS = ("step", "epoch", "examples_in_epoch")
 
 
 def checkpoint_state(sm: ShardedModel, state: TrainState) -> dict[str, Any]:
@@ -159,24 +178,43 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
     # Materialize lazily-created optimizer state now, so a fresh run and a resumed run see the same state keys.
     sm.optimizer.init_state()
 
-    state = TrainState()
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, rank=env.rank)
-    latest = ckpt.latest() if cfg.train.resume else None
-    if latest is not None:
-        restore(latest, sm, state)
-        if env.is_main:
-            logger.info("resumed from %s at step %d (epoch %d)", latest, state.step, state.epoch)
-
-    B, W = cfg.train.batch_size, env.world_size
-    global_batch = B * W
-    steps_per_epoch = data.num_batches("train", B, W)
+    B, W = cfg.train.global_batch_size, env.world_size
+    if B % W:
+        raise ValueError(
+            f"train.global_batch_size={B} is not divisible by the world size {W}: every rank takes an equal slice"
+        )
+    local_batch = B // W
+    steps_per_epoch = data.num_batches("train", local_batch, W)
     if steps_per_epoch == 0:
         raise ValueError(
-            f"train split has fewer examples than one global batch ({global_batch}); lower train.batch_size"
+            f"train split has {data.train_indices.size} examples, fewer than one global batch ({B}); "
+            "lower train.global_batch_size"
         )
     total_steps = steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
+
+    state = TrainState()
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, rank=env.rank)
+    latest = None if cfg.train.resume == "never" else ckpt.latest()
+    if latest is not None:
+        saved = Checkpointer.read_meta(latest)
+        check_resume_config(
+            saved.get("config"), to_dict(cfg), may_change=RESUMABLE_CHANGES, mode=cfg.train.resume, checkpoint=latest
+        )
+        restore(latest, sm, state)
+        if state.examples_in_epoch % B:  # only after train.resume=force with another global batch
+            if env.is_main:
+                logger.warning(
+                    "data: %d examples of epoch %d were trained on, not a multiple of the global batch %d: "
+                    "starting epoch %d", state.examples_in_epoch, state.epoch, B, state.epoch + 1,
+                )  # fmt: skip
+            state.epoch, state.examples_in_epoch = state.epoch + 1, 0
+        if env.is_main:
+            logger.info(
+                "resumed from %s at step %d (epoch %d, example %d of it; written by %d rank(s), now %d)",
+                latest, state.step, state.epoch, state.examples_in_epoch, saved["world_size"], W,
+            )  # fmt: skip
 
     meta = {
         "world_size": W,
@@ -190,20 +228,23 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
         ckpt.save(step, checkpoint_state(sm, state), meta)
 
     scalars = ScalarLogger(run_dir / "tb", enabled=cfg.train.tensorboard and env.is_main)
-    progress = Progress(
-        total_steps, state.step, global_batch, cfg.train.progress and env.is_main, cfg.model.formulation
-    )
+    progress = Progress(total_steps, state.step, B, cfg.train.progress and env.is_main, cfg.model.formulation)
     loss_sum, loss_n = torch.zeros(()), 0
     last_saved = state.step if latest is not None else -1  # a resumed state is already on disk
     while state.step < total_steps:
         epoch_batches = data.batches(
-            "train", batch_size=B, rank=env.rank, world_size=W, epoch=state.epoch, start_step=state.step_in_epoch
+            "train",
+            batch_size=local_batch,
+            rank=env.rank,
+            world_size=W,
+            epoch=state.epoch,
+            start_step=state.examples_in_epoch // B,
         )
         with Prefetcher(epoch_batches, cfg.train.prefetch_batches) as batches:
             for batch in batches:
                 loss = train_step(sm, batch.to(env.device))
                 state.step += 1
-                state.step_in_epoch += 1
+                state.examples_in_epoch += B
                 loss_sum += loss.cpu()
                 loss_n += 1
                 progress.update(loss=float(loss))
@@ -218,7 +259,7 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
                     break
             else:
                 state.epoch += 1
-                state.step_in_epoch = 0
+                state.examples_in_epoch = 0
     progress.close()
     train_examples_per_s = progress.examples_per_second
     if last_saved != state.step:
@@ -231,7 +272,7 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
         "pooling": cfg.model.pooling,
         "steps": state.step,
         "world_size": W,
-        "global_batch": global_batch,
+        "global_batch": B,
         "train_examples_per_s": train_examples_per_s,
         "eval_seconds": time.perf_counter() - t_eval,
         "data_seconds": data_seconds,

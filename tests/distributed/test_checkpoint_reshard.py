@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ranking_case import Case, assert_predictions_close, eval_predictions, train_batches
+from ranking_case import LOCAL_BATCH, Case, assert_predictions_close, eval_predictions, train_batches
 
 from framework.checkpoint.dcp import Checkpointer, load_model_state_plain
 from framework.distributed.env import read_env
@@ -37,7 +37,7 @@ def _save_then_continue(ckpt_root: str) -> dict:
     state = TrainState()
     for step in range(SAVED_STEPS):
         train_step(sm, train_batches(data, step, env.rank, env.world_size))
-        state.step = state.step_in_epoch = step + 1
+        state.step, state.examples_in_epoch = step + 1, (step + 1) * 2 * LOCAL_BATCH
     path = Checkpointer(ckpt_root, rank=env.rank).save(state.step, checkpoint_state(sm, state), {"note": "test"})
     at_save = eval_predictions(sm.model, data, env.rank, env.world_size)
     train_step(sm, train_batches(data, SAVED_STEPS, env.rank, env.world_size))
@@ -76,7 +76,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.mark.parametrize(("world_size", "sharding_type"), [(1, "table_wise"), (2, "column_wise")])
 def test_resume_at_other_world_size_or_plan(saved: dict, world_size: int, sharding_type: str) -> None:
     results = run_multiprocess(_load_then_continue, world_size, saved["path"], sharding_type)
-    assert results[0]["state"] == TrainState(step=SAVED_STEPS, epoch=0, step_in_epoch=SAVED_STEPS)
+    assert results[0]["state"] == TrainState(step=SAVED_STEPS, epoch=0, examples_in_epoch=SAVED_STEPS * 2 * LOCAL_BATCH)
     before, loaded = _merge(results, "before"), _merge(results, "loaded")
     # Loading matters: a fresh model predicts differently.
     assert max(abs(a - b) for k in before for a, b in zip(before[k], saved["at_save"][k], strict=True)) > 1e-3
@@ -101,7 +101,7 @@ def test_incomplete_checkpoint_is_never_loaded(tmp_path: Path) -> None:
     ckpt = Checkpointer(tmp_path)
     (tmp_path / "step_00000005.partial").mkdir(parents=True)  # what a crash during save leaves
     assert ckpt.latest() is None
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match="interrupted save"):
         Checkpointer.load(tmp_path / "step_00000005.partial", {"x": torch.zeros(1)})
     with pytest.raises(FileNotFoundError, match="meta.json"):
         Checkpointer.read_meta(tmp_path / "step_00000005.partial")

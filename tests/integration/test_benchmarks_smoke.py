@@ -22,7 +22,7 @@ def test_ranking_throughput_quick(tmp_path: Path) -> None:
     assert row["sharded_examples_per_s"] > 0
     assert row["plain_examples_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["sharded_examples_per_s"] / row["plain_examples_per_s"])
-    assert row["global_batch"] == 2 * 1024  # 2 ranks x train.batch_size of configs/ranking/din_throughput.yaml
+    assert row["global_batch"] == 2 * 1024  # train.global_batch_size of configs/ranking/din_throughput.yaml
     assert row["plan"]["user"]["sharding_type"] == "table_wise"
     assert {"date", "device", "torch", "git_commit", "command", "method", "goals"} <= result.keys()
 

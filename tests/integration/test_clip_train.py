@@ -3,7 +3,8 @@
 - an uninterrupted run writes metrics, checkpoints and the final fp32 model;
 - SIGKILL right after step 3 is committed, restart → the final model equals the uninterrupted run's (the data
   stream and the engine state both resume exactly);
-- the step-6 checkpoint of the 2-rank run continues on 1 rank (another world size) and then on 2 again;
+- saved on 2 ranks and resumed on 1 (and the reverse), the run continues at the epoch after the samples it
+  consumed; a run with another config is refused;
 - ``scalefirst eval clip`` evaluates the finished run (zero-shot, probe, retrieval, geometry, figure).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,19 +102,28 @@ def test_kill_and_resume_ends_identical(data: dict[str, Path], straight: Path, t
 
 
 @pytest.mark.slow
-def test_resume_on_another_world_size(data: dict[str, Path], straight: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("first", "second", "next_epoch"), [(2, 1, 2), (1, 2, 1)])
+def test_resume_on_another_world_size_starts_after_the_samples_consumed(
+    data: dict[str, Path], tmp_path: Path, first: int, second: int, next_epoch: int
+) -> None:
+    """160 samples, batch 16 per rank: an epoch is 5 steps on 2 ranks, 10 on 1. Eight steps are 1.6 epochs on 2
+    ranks (continue at epoch 2) and 0.8 on 1 rank (continue at epoch 1). A position counted in steps of the new
+    world size would restart epoch 1 (repeating samples) and epoch 2 (skipping the rest of epoch 1)."""
     run_dir = tmp_path / "elastic"
-    shutil.copytree(straight, run_dir)
-    proc = torchrun(data, run_dir, "train.max_steps=8", nproc=1)
+    small = ["train.batch_size=16", "train.checkpoint_every=null", "train.log_every=4"]
+    proc = torchrun(data, run_dir, *small, "train.max_steps=8", nproc=first)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "resumed at optimizer step 6" in proc.stderr and "world size changed" in proc.stderr
-    one = json.loads((run_dir / "metrics.json").read_text())
-    assert one["world_size"] == 1 and one["steps"] == 8
-    proc = torchrun(data, run_dir, "train.max_steps=10", nproc=2)
+    meta = json.loads((run_dir / "checkpoints" / "step_00000008" / "meta.json").read_text())
+    want = {"epoch": 1, "samples_in_epoch": 96} if first == 2 else {"epoch": 0, "samples_in_epoch": 128}
+    assert meta["data"] == want and meta["config"]["train"]["batch_size"] == 16
+    proc = torchrun(data, run_dir, *small, "train.max_steps=10", nproc=second)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    two = json.loads((run_dir / "metrics.json").read_text())
-    assert two["world_size"] == 2 and two["steps"] == 10
-    assert all(torch.isfinite(v).all() for v in final_model(run_dir).values())
+    assert "resumed at optimizer step 8" in proc.stderr and f"starting at epoch {next_epoch}" in proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == second and metrics["steps"] == 10
+    # A different run (another lr) is refused before it trains, with the key named.
+    proc = torchrun(data, run_dir, *small, "train.max_steps=12", "optim.lr=0.01", nproc=second)
+    assert proc.returncode != 0 and "optim.lr: 0.002 -> 0.01" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_eval_cli(data: dict[str, Path], straight: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ OVERRIDES = [
     "data.synthetic.num_events=6000",
     "data.synthetic.num_users=300",
     "data.synthetic.num_items=200",
-    "train.batch_size=64",
+    "train.global_batch_size=128",
     "train.max_steps=12",
     "train.checkpoint_every=4",
     "train.keep_checkpoints=5",
@@ -108,7 +108,7 @@ def test_movielens_short_run_in_process(ml100k_dir: Path, tmp_path: Path) -> Non
     results = main([
         "--config", str(REPO / "configs" / "ranking" / "movielens.yaml"),
         f"data.path={ml100k_dir}", "model.formulation=hybrid", "data.max_item_hist=64", "data.max_user_hist=64", "model.embedding_dim=16",
-        "train.max_steps=6", "train.batch_size=128", "train.eval_max_examples=3000", "train.progress=false",
+        "train.max_steps=6", "train.global_batch_size=128", "train.eval_max_examples=3000", "train.progress=false",
         f"train.run_dir={tmp_path / 'ml'}",
     ])  # fmt: skip
     assert results["world_size"] == 1 and results["steps"] == 6

@@ -63,7 +63,7 @@ def test_wrong_type_in_file_names_key_and_file(tmp_path: Path) -> None:
 
 def test_wrong_type_in_base_names_base_file(tmp_path: Path) -> None:
     base = write(tmp_path / "base.yaml", "train:\n  epochs: many\n")
-    run = write(tmp_path / "run.yaml", "base: base.yaml\ntrain: {batch_size: 4}\n")
+    run = write(tmp_path / "run.yaml", "base: base.yaml\ntrain: {global_batch_size: 4}\n")
     msg = load_error(run)
     assert "train.epochs" in msg and str(base) in msg and str(run) not in msg
 
@@ -202,11 +202,11 @@ def test_base_then_run_then_override_precedence(tmp_path: Path) -> None:
     assert cfg.model.num_heads == 2  # nearer base beats farther base
     assert cfg.model.cross_layers == 3  # only in the root base
     assert cfg.train.epochs == 5
-    assert cfg.train.batch_size == 256  # schema default
+    assert cfg.train.global_batch_size == 512  # schema default
 
-    cfg = load_job_config(run, ["model.embedding_dim=48", "train.batch_size=7", "model.embedding_dim=64"])
+    cfg = load_job_config(run, ["model.embedding_dim=48", "train.global_batch_size=7", "model.embedding_dim=64"])
     assert cfg.model.embedding_dim == 64  # command line beats the files; later overrides win
-    assert cfg.train.batch_size == 7
+    assert cfg.train.global_batch_size == 7
     assert cfg.model.num_heads == 2
 
 
@@ -241,10 +241,10 @@ def test_partial_dict_override_keeps_other_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "override",
     [
-        "train.batch_size=1.5",
-        "train.batch_size=true",
-        "train.batch_size='4'",
-        "train.batch_size=null",
+        "train.global_batch_size=1.5",
+        "train.global_batch_size=true",
+        "train.global_batch_size='4'",
+        "train.global_batch_size=null",
         "optim.dense_lr=true",
         "optim.dense_lr=fast",
         "model.time_encoding=1",

@@ -44,7 +44,7 @@ def test_hand_made_lists_exclude_future_and_same_second() -> None:
     inter = _hand_made()
     np.testing.assert_array_equal(inter.timestamp, [e[0] for e in _EVENTS])  # already in order
     data = RankingData(inter, formulation="hybrid", test_fraction=0.0)
-    hist = data.history_lists(np.arange(len(_EVENTS)), np.random.default_rng(0))
+    hist = data.history_lists(np.arange(len(_EVENTS)))
     assert _split_lists(hist.item_hist_events, hist.item_hist_lengths) == _EXPECTED_ITEM_HIST
     assert _split_lists(hist.user_hist_events, hist.user_hist_lengths) == _EXPECTED_USER_HIST
     t_example = np.repeat(inter.timestamp, hist.item_hist_lengths)
@@ -56,7 +56,7 @@ def test_hand_made_lists_exclude_future_and_same_second() -> None:
 def test_hand_made_lists_through_the_batch_features() -> None:
     inter = _hand_made()
     data = RankingData(inter, formulation="hybrid", hash_sizes={"item": None, "user": None}, test_fraction=0.0)
-    batch = data.make_batch(np.arange(len(_EVENTS)), np.random.default_rng(0))
+    batch = data.make_batch(np.arange(len(_EVENTS)))
     item_vocab, user_vocab = data.mappers["item"].vocab, data.mappers["user"].vocab
     kjt = batch.sparse.to_dict()
     got_items = [item_vocab[v.numpy()].tolist() for v in kjt["item_hist"].to_dense()]
@@ -68,7 +68,7 @@ def test_hand_made_lists_through_the_batch_features() -> None:
 def test_item_hist_keeps_most_recent_n() -> None:
     inter = _hand_made()
     data = RankingData(inter, formulation="icr", max_item_hist=1, test_fraction=0.0)
-    hist = data.history_lists(np.arange(len(_EVENTS)), np.random.default_rng(0))
+    hist = data.history_lists(np.arange(len(_EVENTS)))
     assert _split_lists(hist.item_hist_events, hist.item_hist_lengths) == [lst[-1:] for lst in _EXPECTED_ITEM_HIST]
 
     # One user with 10 positives at t=10..100, target at t=1000: the last 3, oldest first.
@@ -78,7 +78,7 @@ def test_item_hist_keeps_most_recent_n() -> None:
     ts = np.concatenate([np.arange(1, n + 1) * 10, [1000]])
     inter = Interactions.create(users, items, ts, np.ones(n + 1, np.float32))
     data = RankingData(inter, formulation="icr", max_item_hist=3, test_fraction=0.0)
-    hist = data.history_lists(np.array([n]), np.random.default_rng(0))
+    hist = data.history_lists(np.array([n]))
     assert inter.item_raw[hist.item_hist_events].tolist() == [507, 508, 509]
 
 
@@ -107,7 +107,7 @@ def test_time_buckets_aligned_with_values() -> None:
     data = RankingData(inter, formulation="hybrid", num_time_buckets=8, test_fraction=0.0)
     example = int(np.flatnonzero((inter.user_raw == u) & (inter.item_raw == j))[0])
     other = int(np.flatnonzero(inter.user_raw == 50)[0])
-    batch = data.make_batch(np.array([other, example, -1, example]), np.random.default_rng(0))
+    batch = data.make_batch(np.array([other, example, -1, example]))
     for feature in ("item_hist", "user_hist"):
         jt = batch.sparse[feature]
         assert jt.lengths().tolist() == [0, 9, 0, 9]
@@ -135,7 +135,7 @@ def test_histories_match_slow_reference(hash_user: int | None) -> None:
         hash_sizes={"item": None, "user": hash_user},
     )
     examples = np.random.default_rng(0).choice(inter.num_examples, size=300, replace=False)
-    hist = data.history_lists(examples, np.random.default_rng(1))
+    hist = data.history_lists(examples)
     item_lists = _split_lists(hist.item_hist_events, hist.item_hist_lengths)
     user_lists = _split_lists(hist.user_hist_events, hist.user_hist_lengths)
     positive = inter.labels[:, 0] > 0.5
@@ -155,7 +155,7 @@ def test_histories_match_slow_reference(hash_user: int | None) -> None:
             assert set(users_got) <= set(users_ref.tolist())
     assert sampled > 50  # the check exercised UC-Sampling, not only short lists
 
-    batch = data.make_batch(examples, np.random.default_rng(1))
+    batch = data.make_batch(examples)
     np.testing.assert_array_equal(
         batch.sparse["user_hist"].values().numpy(), data.mappers["user"](inter.user_raw[hist.user_hist_events])
     )
@@ -168,7 +168,7 @@ def test_no_list_element_is_at_or_after_its_example_anywhere() -> None:
     inter = _coarse_synthetic()
     data = RankingData(inter, formulation="hybrid", max_item_hist=50, max_user_hist=20)
     every = np.arange(inter.num_examples)
-    hist = data.history_lists(every, np.random.default_rng(0))
+    hist = data.history_lists(every)
     for events, lengths, owner in (
         (hist.item_hist_events, hist.item_hist_lengths, inter.user_raw),
         (hist.user_hist_events, hist.user_hist_lengths, inter.item_raw),
@@ -177,3 +177,75 @@ def test_no_list_element_is_at_or_after_its_example_anywhere() -> None:
         assert np.all(inter.timestamp[events] < inter.timestamp[example_of_element])
         assert np.all(owner[events] == owner[example_of_element])
         assert np.all(inter.labels[events, 0] > 0.5)
+
+
+# ---------------------------------------------------------------- split protocols: no test label in a train feature
+
+
+def _events_of_lists(data: RankingData, split: str, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(list element events, the example each belongs to) over every batch of one pass of ``split``."""
+    elements, owners = [], []
+    examples = data.train_indices if split == "train" else data.test_indices
+    for chunk in np.array_split(examples, 8):
+        hist = data.history_lists(chunk, split, epoch)  # type: ignore[arg-type]
+        elements += [hist.item_hist_events, hist.user_hist_events]
+        owners += [np.repeat(chunk, hist.item_hist_lengths), np.repeat(chunk, hist.user_hist_lengths)]
+    return np.concatenate(elements), np.concatenate(owners)
+
+
+@pytest.mark.parametrize("protocol", ["chronological", "random", "user"])
+def test_no_test_label_reaches_a_train_example_feature(protocol: str) -> None:
+    inter = _coarse_synthetic()
+    data = RankingData(inter, formulation="hybrid", max_item_hist=50, max_user_hist=8, split=protocol)
+    train, test = data.train_indices, data.test_indices
+    assert train.size and test.size and not np.intersect1d(train, test).size
+    assert np.union1d(train, test).size == inter.num_examples
+    elements, owners = _events_of_lists(data, "train")
+    assert elements.size > 1000  # the check looked at real lists
+    leaked = np.isin(elements, test)
+    assert not leaked.any(), f"{int(leaked.sum())} test events in train examples' lists ({protocol})"
+    assert np.all(inter.timestamp[elements] < inter.timestamp[owners])
+    # Through the batches the trainer builds, too (features are embedding rows: compare the raw users' rows).
+    if protocol == "user":
+        test_users = np.unique(inter.user_raw[test])
+        for batch in data.batches("train", batch_size=512, rank=0, world_size=1):
+            rows = batch.sparse["user_hist"].values().numpy()
+            assert not np.isin(rows, data.mappers["user"](test_users)).any()
+            assert not np.isin(batch.example_index.numpy(), test).any()
+
+
+@pytest.mark.parametrize("protocol", ["random", "user"])
+def test_test_examples_may_use_any_earlier_event(protocol: str) -> None:
+    inter = _coarse_synthetic()
+    data = RankingData(inter, formulation="hybrid", max_item_hist=50, max_user_hist=8, split=protocol)
+    elements, owners = _events_of_lists(data, "test")
+    assert np.all(inter.timestamp[elements] < inter.timestamp[owners])
+    assert np.isin(elements, data.test_indices).any()  # earlier test events are visible to test examples
+    assert np.isin(elements, data.train_indices).any()
+
+
+def test_user_protocol_holds_out_whole_users() -> None:
+    inter = _coarse_synthetic()
+    data = RankingData(inter, formulation="icr", split="user", test_fraction=0.2, split_seed=5)
+    train_users = set(inter.user_raw[data.train_indices].tolist())
+    test_users = set(inter.user_raw[data.test_indices].tolist())
+    assert not train_users & test_users
+    assert len(test_users) == round(0.2 * len(train_users | test_users))
+    again = RankingData(inter, formulation="icr", split="user", test_fraction=0.2, split_seed=5, seed=9)
+    np.testing.assert_array_equal(again.test_indices, data.test_indices)  # the training seed keeps the split
+
+
+@pytest.mark.parametrize("protocol", ["chronological", "random", "user"])
+def test_validation_holdout_never_sees_test_events(protocol: str) -> None:
+    inter = _coarse_synthetic()
+    full = RankingData(inter, formulation="hybrid", split=protocol)
+    val = RankingData(inter, formulation="hybrid", split=protocol, holdout="validation", validation_fraction=0.2)
+    pool = full.train_indices
+    sub = val.interactions
+    assert sub.num_examples == pool.size  # the log is the train events, nothing of test
+    np.testing.assert_array_equal(sub.user_raw, inter.user_raw[pool])
+    np.testing.assert_array_equal(sub.timestamp, inter.timestamp[pool])
+    assert val.train_indices.size and val.test_indices.size
+    assert val.test_indices.size == pytest.approx(0.2 * pool.size, rel=0.35)
+    elements, _ = _events_of_lists(val, "train")
+    assert not np.isin(elements, val.test_indices).any()

@@ -199,7 +199,7 @@ def test_uc_sampling_redrawn_per_interaction() -> None:
     inter = _popular_item_log()
     data = RankingData(inter, formulation="ucr", max_user_hist=5, test_fraction=0.0)
     late = np.flatnonzero(inter.timestamp == 100)
-    batch = data.make_batch(late, np.random.default_rng(0))
+    batch = data.make_batch(late)
     lists = _lists(batch, "user_hist")
     assert all(len(v) == 5 for v in lists.values())
     # Same item, same time prefix, yet each interaction got its own sample.
@@ -231,27 +231,27 @@ def test_uc_sampling_deterministic_per_seed_epoch_step() -> None:
         _assert_batches_equal(a, b)
 
 
-def test_uc_sampling_stream_differs_per_epoch_step_rank_and_seed() -> None:
+def test_uc_sampling_is_keyed_by_example_epoch_and_seed_not_rank_or_step() -> None:
     inter = _popular_item_log(num_late=30)
     late = set(np.flatnonzero(inter.timestamp == 100).tolist())
 
-    def per_step(seed: int, epoch: int, rank: int) -> list[tuple[int, tuple[int, ...]]]:
-        data = RankingData(inter, formulation="ucr", max_user_hist=5, test_fraction=0.0, seed=seed)
-        out = []
-        for batch in data.batches("train", batch_size=1, rank=rank, world_size=2, epoch=epoch):
-            ((example, values),) = _lists(batch, "user_hist").items()
-            out.append((example, values))
-        return out
+    def by_example(seed: int, epoch: int, world_size: int, split: str = "train") -> dict[int, tuple[int, ...]]:
+        data = RankingData(inter, formulation="ucr", max_user_hist=5, test_fraction=0.5, split="random", seed=seed)
+        out: dict[int, tuple[int, ...]] = {}
+        for rank in range(world_size):
+            for batch in data.batches(split, batch_size=4 // world_size, rank=rank, world_size=world_size, epoch=epoch):
+                out.update(_lists(batch, "user_hist"))
+        return {e: v for e, v in out.items() if e in late}
 
-    base = per_step(0, 0, 0)
-    # Different steps of one run: interchangeable examples, different draws.
-    assert len({v for e, v in base if e in late}) > 1
-    for other in (per_step(0, 1, 0), per_step(0, 0, 1), per_step(1, 0, 0)):
-        # Compare steps where both runs hold an interchangeable (late) example: a shared
-        # random stream would give them identical lists.
-        pairs = [(a[1], b[1]) for a, b in zip(base, other, strict=True) if a[0] in late and b[0] in late]
-        assert len(pairs) >= 3
-        assert any(a != b for a, b in pairs)
+    base = by_example(0, 0, 1)
+    assert len(base) >= 10 and len(set(base.values())) > 1  # interchangeable examples, different draws
+    # The same example gets the same draw on any rank, at any step, at any world size.
+    assert by_example(0, 0, 2) == base and by_example(0, 0, 4) == base
+    for other in (by_example(0, 1, 1), by_example(1, 0, 1)):  # another epoch or seed: another draw
+        shared = base.keys() & other.keys()
+        assert len(shared) >= 5 and any(base[e] != other[e] for e in shared)
+    test = by_example(0, 0, 1, "test")
+    assert test == by_example(0, 3, 2, "test")  # test draws ignore epoch and world size
 
 
 # ---------------------------------------------------------------- synthetic world

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from framework.data.sampling import reservoir_sample, reservoir_sample_many
+from framework.data.hashing import stream_keys
+from framework.data.sampling import reservoir_sample, reservoir_sample_keyed, reservoir_sample_many
 
 
 def _algorithm_r(n: int, k: int, r_draws: np.ndarray) -> list[int]:
@@ -89,3 +90,38 @@ def test_single_stream_sampler_is_uniform_too() -> None:
         counts[reservoir_sample(n, k, rng)] += 1
     p = k / n
     assert np.all(np.abs(counts - draws * p) < 5 * np.sqrt(draws * p * (1 - p))), counts
+
+
+def test_keyed_sampler_is_uniform() -> None:
+    n, k, draws = 20, 5, 40_000
+    keys = stream_keys(7, np.arange(draws))
+    samples_DK = reservoir_sample_keyed(np.full(draws, n), k, keys)
+    assert np.all(np.diff(samples_DK, axis=1) > 0) and samples_DK.min() >= 0 and samples_DK.max() < n
+    counts = np.bincount(samples_DK.ravel(), minlength=n)
+    p = k / n
+    assert np.all(np.abs(counts - draws * p) < 5 * np.sqrt(draws * p * (1 - p))), counts
+    both = np.mean(np.any(samples_DK == 0, axis=1) & np.any(samples_DK == n - 1, axis=1))
+    p_pair = k * (k - 1) / (n * (n - 1))
+    assert abs(both - p_pair) < 5 * np.sqrt(p_pair * (1 - p_pair) / draws)
+
+
+def test_keyed_sample_depends_on_its_key_only() -> None:
+    ns = np.array([30, 9, 400, 12, 50], dtype=np.int64)
+    keys = stream_keys(3, np.arange(ns.size))
+    together = reservoir_sample_keyed(ns, 8, keys)
+    for s in range(ns.size):  # alone, and in another order, each stream draws the same sample
+        np.testing.assert_array_equal(reservoir_sample_keyed(ns[[s]], 8, keys[[s]])[0], together[s])
+    order = np.array([4, 2, 0, 3, 1])
+    np.testing.assert_array_equal(reservoir_sample_keyed(ns[order], 8, keys[order]), together[order])
+    other = reservoir_sample_keyed(ns, 8, stream_keys(4, np.arange(ns.size)))
+    assert not np.array_equal(other, together)
+    with pytest.raises(ValueError, match="one entry per stream"):
+        reservoir_sample_keyed(ns, 8, keys[:2])
+
+
+def test_stream_keys_separate_every_part() -> None:
+    base = stream_keys(0, 1, 2, np.arange(1000))
+    assert np.unique(base).size == 1000
+    for other in (stream_keys(1, 1, 2, np.arange(1000)), stream_keys(0, 2, 2, np.arange(1000)),
+                  stream_keys(0, 1, 3, np.arange(1000))):  # fmt: skip
+        assert not np.intersect1d(base, other).size
