@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any
 
 from framework.config import load_job_config
-from framework.distributed.env import destroy_distributed
+from framework.distributed.env import destroy_distributed, process_rank
 from framework.trainers import get_trainer
 
 
@@ -23,9 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    rank = os.environ.get("RANK", "0")
+    rank = process_rank()
     logging.basicConfig(
-        level=logging.INFO if rank == "0" else logging.WARNING,
+        level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

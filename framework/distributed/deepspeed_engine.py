@@ -29,7 +29,7 @@ Choices forced by DeepSpeed 0.19.8 (each checked by tests/distributed/test_zero_
   tensor without the zero padding of the last partition (an out-of-range error whenever a parameter's size is not a
   multiple of the world size); :meth:`load` cuts padded partitions itself and uses the ``safe_set_local_*`` calls.
 * DeepSpeed requires ``LOCAL_RANK`` in the environment even when the process group exists; a plain ``python`` run (a
-  world of one, no torchrun) gets it from :class:`~framework.distributed.env.DistEnv`.
+  world of one, no torchrun) gets it from :func:`~framework.distributed.env.export_local_rank`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from framework.distributed.engine import (
     replicated_param_state,
     to_fp32,
 )
-from framework.distributed.env import DistEnv
+from framework.distributed.env import DistEnv, export_local_rank
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class DeepSpeedEngine(EngineBase):
         self._scheduler = build_lr_scheduler(optimizer, optim_cfg, max_steps)
         # The process group exists already (init_distributed); DeepSpeed adopts it and broadcasts the parameters
         # from rank 0.
-        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+        export_local_rank(env)
         self._ds, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
