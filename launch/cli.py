@@ -2,6 +2,7 @@
 
 scalefirst demo [--nproc 2]                      ICR vs UCR vs Hybrid on generated data, prints a table
 scalefirst train --nproc 2 --config X [k=v ...]  torchrun on this machine (multi-node: use torchrun directly)
+                                                 (config and data paths are checked first: ConfigError, exit 2)
 scalefirst export --checkpoint DIR --out FILE    sharded checkpoint -> plain state dict for inference
 scalefirst make-shards --images D --captions F --out D   image folder + captions -> WebDataset tar shards
 scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline images, prints the eval table
@@ -71,7 +72,9 @@ def summarize(metrics: dict) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    rows = []
+    from launch.preflight import validate_job
+
+    runs = {}
     for formulation in FORMULATIONS:
         run_dir = Path(args.run_dir) / formulation
         overrides = [
@@ -80,6 +83,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "train.resume=false",
             *args.overrides,
         ]
+        validate_job(args.config, overrides)  # all three before the first launch
+        runs[formulation] = run_dir, overrides
+    rows = []
+    for formulation, (run_dir, overrides) in runs.items():
         print(f"\n=== {formulation}: {len(overrides)} overrides, {args.nproc} rank(s) ===", flush=True)
         rc = run_torchrun(args.nproc, args.config, overrides)
         if rc != 0:
@@ -92,6 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from launch.preflight import validate_job
+
+    validate_job(args.config, args.overrides)
     return run_torchrun(args.nproc, args.config, args.overrides)
 
 
@@ -158,6 +168,7 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
     from framework.data.offline_images import build_demo_dataset
     from framework.data.shards import write_shards
     from framework.evaluation import format_eval_table
+    from launch.preflight import validate_job
 
     root = Path(args.run_dir)
     data = root / "data"
@@ -169,13 +180,17 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
         shards[split] = root / "shards" / split
         if not any(shards[split].glob("*.tar")):
             write_shards(data / split / "images", data / split / "captions.tsv", shards[split], samples_per_shard=250)
-    rows = []
+    runs = []
     for name, run, loss in DEMO_CLIP_VARIANTS:
         run_dir = root / run
         overrides = [
             *loss, f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=false",
             f"data.train_shards={shards['train']}", f"data.val_shards={shards['val']}", *args.overrides,
         ]  # fmt: skip
+        validate_job(args.config, overrides)
+        runs.append((name, run_dir, overrides))
+    rows = []
+    for name, run_dir, overrides in runs:
         print(f"\n=== {name}: {args.steps} steps on {args.nproc} rank(s) ===", flush=True)
         rc = run_torchrun(args.nproc, args.config, overrides)
         if rc != 0:
@@ -248,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(fn=cmd_eval_clip)
 
     args = parser.parse_args(argv)
-    return int(args.fn(args))
+    # Imported after argparse (they import torch), so that --help stays instant.
+    from framework.config import ConfigError
+    from launch.preflight import one_line
+
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"ConfigError: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
