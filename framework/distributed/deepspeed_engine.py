@@ -56,6 +56,7 @@ from framework.distributed.engine import (
     to_fp32,
 )
 from framework.distributed.env import DistEnv, export_local_rank
+from framework.logs import adopt_library_loggers, prints_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def _import_deepspeed(device: torch.device) -> Any:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    adopt_library_loggers()  # DeepSpeed's logger prints to stdout itself: route it to log.txt like the others
+
     name = get_accelerator().device_name()
     if name != device.type:
         raise RuntimeError(
@@ -160,13 +163,14 @@ class DeepSpeedEngine(EngineBase):
         # The process group exists already (init_distributed); DeepSpeed adopts it and broadcasts the parameters
         # from rank 0.
         export_local_rank(env)
-        self._ds, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=self._scheduler,
-            config=self.ds_config,
-            dist_init_required=False,
-        )
+        with prints_to_log("deepspeed.stdout"):  # it print()s "... built successfully" on every rank
+            self._ds, _, _, _ = deepspeed.initialize(
+                model=model,
+                optimizer=optimizer,
+                lr_scheduler=self._scheduler,
+                config=self.ds_config,
+                dist_init_required=False,
+            )
         self.module = self._ds.module
         self._fp32_outputs = engine_cfg.precision != "fp32"
         from deepspeed.utils import (
