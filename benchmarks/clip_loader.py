@@ -48,12 +48,14 @@ from framework.data.image_ops import decode_image, normalize_BHWC, preprocess_ui
 from framework.data.shards import write_shards  # noqa: E402
 from framework.data.tokenizer import ByteTokenizer  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
+    DirtyTreeError,
+    check_results_path,
     cpu_model,
     cpu_seconds,
     environment_info,
     git_commit,
     others_cores,
-    write_json_atomic,
+    write_result,
 )
 
 GOAL_IMAGES_PER_S = 400.0
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards-dir", type=Path, help="keep the generated shards here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "clip_loader.json")
     args = parser.parse_args(argv)
+    try:
+        check_results_path(args.out)  # before minutes of benchmarking, not after
+    except DirtyTreeError as e:
+        parser.error(str(e))
     if min(args.num_images, args.batch_size, args.batches, args.repeats, args.samples_per_shard) < 1:
         parser.error("--num-images, --batch-size, --batches, --repeats and --samples-per-shard must be >= 1")
     if args.num_images < args.batch_size:
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "met": goal is not None and goal >= GOAL_IMAGES_PER_S,
         },
     }
-    write_json_atomic(args.out, result)
+    write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

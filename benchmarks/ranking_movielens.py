@@ -21,7 +21,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from framework.trainers.common import environment_info, git_commit, write_json_atomic  # noqa: E402
+from framework.trainers.common import (  # noqa: E402
+    DirtyTreeError,
+    check_results_path,
+    environment_info,
+    git_commit,
+    write_result,
+)
 from launch.cli import torchrun_command  # noqa: E402
 
 CONFIG = REPO / "configs" / "ranking" / "movielens.yaml"
@@ -71,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ranking_movielens.json"))
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = p.parse_args(argv)
+    try:
+        check_results_path(args.out)  # before minutes of benchmarking, not after
+    except DirtyTreeError as e:
+        p.error(str(e))
     if len(args.seeds) < 3:
         print("note: fewer than 3 seeds; the README table uses >= 3", file=sys.stderr)
 
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed_reference_ml20m": {"icr": 0.712, "ucr": 0.731, "hybrid": 0.737},
         "runs": runs,
     }
-    write_json_atomic(args.out, payload)
+    write_result(args.out, payload)
     print("\n| formulation | test AUC (mean ± std) | test NCE (mean ± std) | seeds |\n|---|---|---|---|")
     for f, s in summary.items():
         print(

@@ -45,12 +45,14 @@ from framework.distributed.torchrec_sharding import (  # noqa: E402
 )
 from framework.models.ranking.model import build_ranking_model  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
+    DirtyTreeError,
     Prefetcher,
+    check_results_path,
     cpu_model,
     cpu_seconds,
     git_commit,
     others_cores,
-    write_json_atomic,
+    write_result,
 )
 from framework.trainers.ranking import build_data, loss_fn  # noqa: E402
 from launch.cli import torchrun_command  # noqa: E402
@@ -229,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ranking_throughput.json")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides, applied to both sides")
     args = parser.parse_args(argv)
+    try:
+        check_results_path(args.out)  # before minutes of benchmarking, not after
+    except DirtyTreeError as e:
+        parser.error(str(e))
     if args.quick:
         args.steps, args.warmup, args.repeats, args.plain_threads = 3, 1, 1, [CORES]
     if min(args.steps, args.warmup, args.nproc, args.repeats, *args.plain_threads) < 1:
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "wall_seconds": time.perf_counter() - t_start,
     }
-    write_json_atomic(args.out, result)
+    write_result(args.out, result)
     print(f"wrote {args.out} ({result['wall_seconds']:.0f} s)")
     return 0
 

@@ -37,7 +37,14 @@ from framework.distributed.env import read_env  # noqa: E402
 from framework.distributed.spawn import run_multiprocess  # noqa: E402
 from framework.losses.contrastive import RankCLIPLossConfig, clip_loss, rankclip_loss  # noqa: E402
 from framework.models.clip.model import CLIP, CLIPConfig, tiny_clip_config  # noqa: E402
-from framework.trainers.common import cpu_model, environment_info, git_commit, write_json_atomic  # noqa: E402
+from framework.trainers.common import (  # noqa: E402
+    DirtyTreeError,
+    check_results_path,
+    cpu_model,
+    environment_info,
+    git_commit,
+    write_result,
+)
 
 # (name, backend, zero stage, loss); the first is the baseline of every ratio.
 VARIANTS = [
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help=f"subset to run ({PLAIN}, the baseline, is always included)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "zero_step.json")
     args = parser.parse_args(argv)
+    try:
+        check_results_path(args.out)  # before minutes of benchmarking, not after
+    except DirtyTreeError as e:
+        parser.error(str(e))
     if min(args.warmup + 1, args.steps, args.rounds) < 1:
         parser.error("--steps and --rounds must be >= 1, --warmup >= 0")
 
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratios_vs_plain": {name: v["ratio_vs_plain"] for name, v in variants.items()},
         "rankclip_vs_clip": plain_mean / variants["ddp_clip"]["mean_s"] if "ddp_clip" in variants else None,
     }
-    write_json_atomic(args.out, result)
+    write_result(args.out, result)
 
     print(f"CLIP {model_name} ({n_params / 1e6:.1f}M params), batch {batch_size}, fp32, world size 1, "
           f"{threads} threads, {args.rounds}x{args.steps} timed steps")  # fmt: skip

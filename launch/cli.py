@@ -2,10 +2,14 @@
 
 scalefirst demo [--nproc 2]                      ICR vs UCR vs Hybrid on generated data, prints a table
 scalefirst train --nproc 2 --config X [k=v ...]  torchrun on this machine (multi-node: use torchrun directly)
+                                                 (config and data paths are checked first: ConfigError, exit 2)
 scalefirst export --checkpoint DIR --out FILE    sharded checkpoint -> plain state dict for inference
 scalefirst make-shards --images D --captions F --out D   image folder + captions -> WebDataset tar shards
 scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline images, prints the eval table
 scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]   evaluate a finished clip run
+
+Training commands print the progress bar, the project's own log lines and the result table; each rank's full log
+(third-party INFO, known warnings) is appended to <run_dir>/log.txt. --verbose shows it all on the console too.
 """
 
 from __future__ import annotations
@@ -27,22 +31,23 @@ DEMO_CLIP_VARIANTS = (
 )
 """(table row, run sub-directory, overrides): the models `scalefirst demo-clip` trains and compares."""
 FORMULATIONS = ("icr", "ucr", "hybrid")
+VERBOSE_HELP = "also third-party INFO logs and known warnings on the console (always in <run_dir>/log.txt)"
 
 
-def torchrun_command(nproc: int, config: str | Path, overrides: list[str]) -> list[str]:
+def torchrun_command(nproc: int, config: str | Path, overrides: list[str], verbose: bool = False) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "launch.train", "--config", str(config), *overrides,
+        "-m", "launch.train", "--config", str(config), *(["--verbose"] if verbose else []), *overrides,
     ]  # fmt: skip
 
 
-def run_torchrun(nproc: int, config: str | Path, overrides: list[str]) -> int:
+def run_torchrun(nproc: int, config: str | Path, overrides: list[str], verbose: bool = False) -> int:
     if nproc < 1:
         raise SystemExit(f"--nproc must be >= 1, got {nproc}")
     env = dict(os.environ)
     # One intra-op thread per rank unless the user chose: ranks otherwise oversubscribe the cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(torchrun_command(nproc, config, overrides), env=env)
+    return subprocess.call(torchrun_command(nproc, config, overrides, verbose), env=env)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -71,7 +76,9 @@ def summarize(metrics: dict) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    rows = []
+    from launch.preflight import validate_job
+
+    runs = {}
     for formulation in FORMULATIONS:
         run_dir = Path(args.run_dir) / formulation
         overrides = [
@@ -80,8 +87,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "train.resume=never",
             *args.overrides,
         ]
+        validate_job(args.config, overrides)  # all three before the first launch
+        runs[formulation] = run_dir, overrides
+    rows = []
+    for formulation, (run_dir, overrides) in runs.items():
         print(f"\n=== {formulation}: {len(overrides)} overrides, {args.nproc} rank(s) ===", flush=True)
-        rc = run_torchrun(args.nproc, args.config, overrides)
+        rc = run_torchrun(args.nproc, args.config, overrides, args.verbose)
         if rc != 0:
             print(f"demo: {formulation} run failed with exit code {rc}", file=sys.stderr)
             return rc
@@ -92,7 +103,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return run_torchrun(args.nproc, args.config, args.overrides)
+    from launch.preflight import validate_job
+
+    validate_job(args.config, args.overrides)
+    return run_torchrun(args.nproc, args.config, args.overrides, args.verbose)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -158,6 +172,7 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
     from framework.data.offline_images import build_demo_dataset
     from framework.data.shards import write_shards
     from framework.evaluation import format_eval_table
+    from launch.preflight import validate_job
 
     root = Path(args.run_dir)
     data = root / "data"
@@ -169,15 +184,19 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
         shards[split] = root / "shards" / split
         if not any(shards[split].glob("*.tar")):
             write_shards(data / split / "images", data / split / "captions.tsv", shards[split], samples_per_shard=250)
-    rows = []
+    runs = []
     for name, run, loss in DEMO_CLIP_VARIANTS:
         run_dir = root / run
         overrides = [
             *loss, f"train.run_dir={run_dir}", f"train.max_steps={args.steps}", "train.resume=never",
             f"data.train_shards={shards['train']}", f"data.val_shards={shards['val']}", *args.overrides,
         ]  # fmt: skip
+        validate_job(args.config, overrides)
+        runs.append((name, run_dir, overrides))
+    rows = []
+    for name, run_dir, overrides in runs:
         print(f"\n=== {name}: {args.steps} steps on {args.nproc} rank(s) ===", flush=True)
-        rc = run_torchrun(args.nproc, args.config, overrides)
+        rc = run_torchrun(args.nproc, args.config, overrides, args.verbose)
         if rc != 0:
             print(f"demo-clip: {name} run failed with exit code {rc}", file=sys.stderr)
             return rc
@@ -204,12 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--config", default=str(DEMO_CONFIG))
     p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("train", help="train on this machine through torchrun")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--config", required=True)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_train)
 
@@ -232,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--n-val", type=int, default=1000)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_demo_clip)
 
@@ -248,7 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(fn=cmd_eval_clip)
 
     args = parser.parse_args(argv)
-    return int(args.fn(args))
+    # Imported after argparse (they import torch), so that --help stays instant.
+    from framework.config import ConfigError
+    from launch.preflight import one_line
+
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"ConfigError: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def export_plain(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 def load_exported(path: str | Path) -> RankingModel:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     model = _model_from_meta(payload["meta"])
     model.load_state_dict(payload["state_dict"])
     return model.eval()

@@ -274,6 +274,13 @@ def save_config(cfg: Any, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def key_source(path: str | Path, key: str, overrides: Sequence[str] = ()) -> str:
+    """Where the value of dotted ``key`` came from (a YAML file, the command line, or ``defaults``)."""
+    data, origin = load_raw(path)
+    apply_overrides(data, origin, overrides)
+    return _source(origin, key)
+
+
 def peek_key(path: str | Path, key: str, overrides: Sequence[str] = ()) -> Any:
     """Read one top-level key (e.g. ``family``) after bases and overrides, before choosing a schema."""
     data, origin = load_raw(path)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalefirst_kernels import ops
+
 from framework.models.clip.model import CLIPConfig
 
 Formulation = Literal["icr", "ucr", "hybrid"]
@@ -97,6 +99,9 @@ class ModelConfig:
     """Aggregation of a history list: targeted multi-head attentive pooling, or parameter-free sum/mean."""
     num_heads: int = 2
     """Attention heads (embedding_dim must be divisible by it)."""
+    attention_backend: ops.Backend = "auto"
+    """Kernel of the attention pooling (``scalefirst_kernels.ops.jagged_attention_pooling``): reference (PyTorch),
+    triton (not implemented yet, so an error) or auto (the best one available here; logged once)."""
     time_encoding: bool = True
     """Add a learned relative-time (log-minute bucket) embedding to every history element."""
     hash_size: dict[str, int | None] = field(default_factory=lambda: {"item": 100_000, "user": 100_000})
@@ -112,6 +117,10 @@ class ModelConfig:
         _positive(self, "embedding_dim", "num_heads", "cross_low_rank")
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"embedding_dim={self.embedding_dim} is not divisible by num_heads={self.num_heads}")
+        try:
+            ops.check_backend("jagged_attention_pooling", self.attention_backend)
+        except ops.BackendUnavailableError as e:
+            raise ValueError(f"attention_backend={self.attention_backend!r}: {e}") from e
         if self.cross_layers < 0:
             raise ValueError(f"cross_layers must be >= 0, got {self.cross_layers}")
         unknown = set(self.hash_size) - {"item", "user"}

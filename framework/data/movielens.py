@@ -51,7 +51,7 @@ def load_movielens(
     """
     if fmt not in ("auto", "ml-100k", "ratings-csv"):
         raise ValueError(f"fmt must be 'auto', 'ml-100k' or 'ratings-csv', got {fmt!r}")
-    file, fmt = _resolve_file(Path(path), fmt)
+    file, fmt = resolve_ratings_file(Path(path), fmt)
     if fmt == "ml-100k":
         delimiter, has_header = "\t", False
     else:
@@ -68,7 +68,8 @@ def load_movielens(
     )
 
 
-def _resolve_file(path: Path, fmt: MovieLensFormat) -> tuple[Path, MovieLensFormat]:
+def resolve_ratings_file(path: Path, fmt: MovieLensFormat) -> tuple[Path, MovieLensFormat]:
+    """The ratings file and its format for ``path`` (a MovieLens directory or file); FileNotFoundError if absent."""
     if path.is_dir():
         candidates = {"ml-100k": path / _ML100K_FILE, "ratings-csv": path / _CSV_FILE}
         if fmt != "auto":

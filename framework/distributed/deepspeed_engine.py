@@ -29,7 +29,7 @@ Choices forced by DeepSpeed 0.19.8 (each checked by tests/distributed/test_zero_
   tensor without the zero padding of the last partition (an out-of-range error whenever a parameter's size is not a
   multiple of the world size); :meth:`load` cuts padded partitions itself and uses the ``safe_set_local_*`` calls.
 * DeepSpeed requires ``LOCAL_RANK`` in the environment even when the process group exists; a plain ``python`` run (a
-  world of one, no torchrun) gets it from :class:`~framework.distributed.env.DistEnv`.
+  world of one, no torchrun) gets it from :func:`~framework.distributed.env.export_local_rank`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ from framework.distributed.engine import (
     replicated_param_state,
     to_fp32,
 )
-from framework.distributed.env import DistEnv
+from framework.distributed.env import DistEnv, export_local_rank
+from framework.logs import adopt_library_loggers, prints_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def _import_deepspeed(device: torch.device) -> Any:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    adopt_library_loggers()  # DeepSpeed's logger prints to stdout itself: route it to log.txt like the others
+
     name = get_accelerator().device_name()
     if name != device.type:
         raise RuntimeError(
@@ -159,14 +162,15 @@ class DeepSpeedEngine(EngineBase):
         self._scheduler = build_lr_scheduler(optimizer, optim_cfg, max_steps)
         # The process group exists already (init_distributed); DeepSpeed adopts it and broadcasts the parameters
         # from rank 0.
-        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-        self._ds, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=self._scheduler,
-            config=self.ds_config,
-            dist_init_required=False,
-        )
+        export_local_rank(env)
+        with prints_to_log("deepspeed.stdout"):  # it print()s "... built successfully" on every rank
+            self._ds, _, _, _ = deepspeed.initialize(
+                model=model,
+                optimizer=optimizer,
+                lr_scheduler=self._scheduler,
+                config=self.ds_config,
+                dist_init_required=False,
+            )
         self.module = self._ds.module
         self._fp32_outputs = engine_cfg.precision != "fp32"
         from deepspeed.utils import (

@@ -359,8 +359,8 @@ def _pack(obj: Any) -> bytes:
 
 
 def _unpack(data: bytes) -> Any:
-    # Written by save() of this module; client state may hold arbitrary picklable objects.
-    return torch.load(io.BytesIO(data), weights_only=False)
+    # weights_only: a checkpoint is data, never code to run; client state is plain data (see Engine.save).
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def _owners(shapes: dict[str, tuple[int, ...]], world_size: int) -> dict[str, int]:
@@ -496,9 +496,10 @@ class EngineBase(ABC):
         """Collective: write ``root/step_{global_step:08d}`` (see the module docstring) and return its path.
 
         Must be called at an accumulation boundary (right after :meth:`step` returned True, or before training).
-        ``client_state`` is per rank (e.g. this rank's data-loader position) and anything ``torch.save`` accepts.
-        ``extra_meta`` (JSON, rank 0's is written) goes into meta.json beside the engine's own keys, e.g. the
-        run's config and its world-size-independent data position.
+        ``client_state`` is per rank (e.g. this rank's data-loader position): tensors and plain data (dicts, lists,
+        numbers, strings), what ``torch.load(weights_only=True)`` reads back. ``extra_meta`` (JSON, rank 0's is
+        written) goes into meta.json beside the engine's own keys, e.g. the run's config and its
+        world-size-independent data position.
         """
         if not self._at_boundary():
             raise RuntimeError(

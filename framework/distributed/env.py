@@ -1,8 +1,9 @@
-"""The one place that reads the torchrun environment and initializes torch.distributed.
+"""The one place that reads or writes the torchrun environment and initializes torch.distributed.
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT. A plain
-``python -m launch.train`` (no torchrun) runs as a world of one: a process group is still created, because the
-TorchRec planner and DMP collectives expect one.
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT (and the others in
+:data:`TORCHRUN_VARS`). A plain ``python -m launch.train`` (no torchrun) runs as a world of one: a process group is
+still created, because the TorchRec planner and DMP collectives expect one. Every other module goes through the
+functions here (tests/unit/test_architecture.py enforces it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+TORCHRUN_VARS = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE",
+)  # fmt: skip
+"""The environment variables torchrun sets for its workers (torch.distributed.run docs): only this module reads or
+writes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,32 @@ def _int_env(name: str, default: int) -> int:
         return int(raw)
     except ValueError as e:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from e
+
+
+def process_rank() -> int:
+    """This process's global rank as torchrun set it (0 without torchrun), without creating a process group:
+    for setting up logging before anything else runs."""
+    return _int_env("RANK", 0)
+
+
+def set_torchrun_env(rank: int, world_size: int, master_port: int, master_addr: str = "127.0.0.1") -> None:
+    """Set the variables torchrun would give rank ``rank`` of a single-node world (used by the spawn helper)."""
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(master_port),
+        }
+    )
+
+
+def export_local_rank(env: DistEnv) -> None:
+    """Set ``LOCAL_RANK`` from ``env`` unless torchrun did: DeepSpeed reads it even when the process group exists,
+    and a plain ``python`` run (a world of one) has none."""
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
 
 
 def read_env(device: str = "auto") -> DistEnv:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from framework.distributed.env import destroy_distributed, free_port, init_distributed
+from framework.distributed.env import destroy_distributed, free_port, init_distributed, set_torchrun_env
 
 # Poll interval of the parent's supervision loop: short enough that a failure surfaces promptly, long enough not to
 # steal a core from the ranks on a 2-core machine.
@@ -81,17 +81,8 @@ def _worker(
     result_queue: Any,
 ) -> None:
     """Body of one spawned rank: set the torchrun-style environment, init gloo, run ``fn``, report back."""
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world_size),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-    )
+    set_torchrun_env(rank, world_size, port)
+    os.environ["OMP_NUM_THREADS"] = "1"
     # torch was already imported while unpickling this process object, so the env var alone is too late for this
     # process's intra-op pool; without this, N ranks x N threads oversubscribe the 2-core machine.
     torch.set_num_threads(1)

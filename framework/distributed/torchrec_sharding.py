@@ -225,6 +225,9 @@ def shard_model(
         parts.append(KeyedOptimizerWrapper(dp_tables, lambda p: sparse_cls(p, **sparse_kwargs)))
     parts.append(KeyedOptimizerWrapper(dense, dense_optimizer_factory(optim)))
     optimizer = CombinedOptimizer(parts)
+    sharded = ShardedModel(model=dmp, optimizer=optimizer, plan=plan)
     if env.is_main:
-        logger.info("sharding plan:\n%s", plan)
-    return ShardedModel(model=dmp, optimizer=optimizer, plan=plan)
+        tables = ", ".join(f"{t} {p['sharding_type']} on {p['ranks']}" for t, p in sharded.plan_summary().items())
+        logger.info("sharding plan: %s", tables)
+        logger.debug("sharding plan in full:\n%s", plan)  # log.txt only (framework/logs.py)
+    return sharded

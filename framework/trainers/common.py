@@ -26,16 +26,66 @@ T = TypeVar("T")
 _DONE = object()
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """HEAD commit of the repository this code runs from, suffixed ``-dirty`` when tracked files differ from it
-    (None outside a git checkout): results name exactly the code that produced them."""
-    root = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+"""Where benchmarks keep the results the README quotes; only a clean checkout may write there."""
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=root,
-                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def dirty_files(cwd: str | Path | None = None) -> list[str] | None:
+    """Tracked files that differ from HEAD (None outside a git checkout). Changes under benchmarks/results/ do
+    not count: they are outputs, and a series of benchmarks run from one commit rewrites them one by one."""
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+                  Path(cwd) if cwd else REPO)  # fmt: skip
+    return None if status is None else [line[3:] for line in status.splitlines() if line.strip()]
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD commit of the repository this code runs from, suffixed ``-dirty`` when tracked files (other than
+    benchmarks/results/) differ from it; None outside a git checkout: results name exactly the code that produced
+    them."""
+    root = Path(cwd) if cwd else REPO
+    head = (_git(["describe", "--always", "--abbrev=40"], root) or "").strip()
+    dirty = dirty_files(root)
+    if not head or dirty is None:
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+class DirtyTreeError(RuntimeError):
+    """A benchmark result would be written under benchmarks/results/ from code that is not a commit."""
+
+
+def check_results_path(out: str | Path, repo: str | Path = REPO) -> None:
+    """Refuse (:class:`DirtyTreeError`) a result path under ``repo``/benchmarks/results/ unless ``repo`` is clean.
+
+    Call it before a benchmark starts (and :func:`write_result` checks again): results there are quoted by the
+    README and must come from a commit. Any other ``--out`` is always allowed (exploration, smoke tests).
+    """
+    if not Path(out).resolve().is_relative_to((Path(repo) / RESULTS_DIR.relative_to(REPO)).resolve()):
+        return
+    dirty = dirty_files(repo)
+    if dirty is None:
+        raise DirtyTreeError(f"refusing to write {out}: not a git checkout, so the result would name no commit")
+    if dirty:
+        shown = ", ".join(dirty[:5]) + (f" (+{len(dirty) - 5} more)" if len(dirty) > 5 else "")
+        raise DirtyTreeError(
+            f"refusing to write {out}: the checkout has uncommitted changes ({shown}); commit them and rerun, "
+            "or pass --out outside benchmarks/results/"
+        )
+
+
+def write_result(out: str | Path, payload: Mapping[str, Any]) -> None:
+    """:func:`check_results_path`, then :func:`write_json_atomic`: how benchmarks write their JSON."""
+    check_results_path(out)
+    write_json_atomic(out, payload)
 
 
 def write_json_atomic(path: str | Path, payload: Mapping[str, Any]) -> None:

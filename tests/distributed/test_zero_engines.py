@@ -332,13 +332,6 @@ def test_lr_schedule_warmup_cosine_constant() -> None:
     assert lr_multiplier(0, warmup_steps=0, max_steps=3, schedule="cosine") == 1.0
 
 
-def test_only_one_module_imports_deepspeed() -> None:
-    pattern = re.compile(r"^\s*(import deepspeed|from deepspeed)", re.MULTILINE)
-    importers = [p.relative_to(REPO).as_posix() for p in (REPO / "framework").rglob("*.py")
-                 if pattern.search(p.read_text())]  # fmt: skip
-    assert importers == ["framework/distributed/deepspeed_engine.py"]
-
-
 def test_global_batch_layout() -> None:
     # 2 ranks x 2 micro-batches tile the global batch exactly once.
     rows = [r for rank in range(2) for k in range(2) for r in range(GLOBAL_BATCH)[part_rows(rank, 2, 2, k)]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from scalefirst_kernels import ops
 from torch import nn
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -44,6 +45,7 @@ class RankingModel(nn.Module):
             ``hybrid`` (both tables and both lists).
         num_embeddings: rows per table used by the formulation (after hashing).
         task_names: one head per task; ``forward`` returns logits in this order.
+        attention_backend: kernel of the attention pooling (``scalefirst_kernels.ops``: auto, reference, triton).
 
     Example::
 
@@ -61,6 +63,7 @@ class RankingModel(nn.Module):
         task_names: Sequence[str],
         pooling: str = "attention",
         num_heads: int = 2,
+        attention_backend: ops.Backend = "auto",
         num_time_buckets: int = 32,
         cross_layers: int = 2,
         cross_low_rank: int | None = None,
@@ -82,7 +85,7 @@ class RankingModel(nn.Module):
 
         def make_pool() -> nn.Module:
             if pooling == "attention":
-                return TargetedAttentionPooling(embedding_dim, num_heads, num_time_buckets)
+                return TargetedAttentionPooling(embedding_dim, num_heads, num_time_buckets, attention_backend)
             if pooling in ("sum", "mean"):
                 return SumPooling(embedding_dim, mean=pooling == "mean", num_time_buckets=num_time_buckets)
             raise ValueError(f"unknown pooling {pooling!r}; choose attention, sum or mean")
@@ -131,6 +134,7 @@ def build_ranking_model(
         task_names=task_names,
         pooling=cfg.pooling,
         num_heads=cfg.num_heads,
+        attention_backend=cfg.attention_backend,
         num_time_buckets=num_time_buckets if cfg.time_encoding else 0,
         cross_layers=cfg.cross_layers,
         cross_low_rank=cfg.cross_low_rank,

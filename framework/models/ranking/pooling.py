@@ -26,6 +26,8 @@ class TargetedAttentionPooling(nn.Module):
     """One layer of multi-head attention whose single query is the target's embedding (DIN-style).
 
     The list's keys and values carry a learned relative-time encoding when ``num_time_buckets > 0``.
+    ``kernel_backend`` is passed to :func:`scalefirst_kernels.ops.jagged_attention_pooling`; one that cannot run
+    here raises at construction.
     """
 
     def __init__(self, dim: int, num_heads: int, num_time_buckets: int = 0, kernel_backend: ops.Backend = "auto"):
@@ -37,6 +39,7 @@ class TargetedAttentionPooling(nn.Module):
         self.kv_proj = nn.Linear(dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
         self.time_emb = _time_embedding(num_time_buckets, dim)
+        ops.check_backend("jagged_attention_pooling", kernel_backend)
         self.kernel_backend = kernel_backend
 
     def forward(

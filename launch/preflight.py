@@ -1,0 +1,63 @@
+"""Checks ``scalefirst train``/``demo`` run in the parent process, before torchrun starts any rank.
+
+A bad key, value or data path then costs one line (:class:`~framework.config.ConfigError`, exit status 2) instead
+of a traceback per rank plus torchrun's ChildFailedError. The data checks are those the trainers would fail on
+first: they reuse the loaders' own path resolution, so both agree on what exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from framework.config import ConfigError, load_job_config
+from framework.config.loader import key_source
+
+
+def _ranking_paths(cfg: Any) -> dict[str, Callable[[], object]]:
+    if cfg.data.source != "movielens":
+        return {}
+    from framework.data.movielens import resolve_ratings_file
+
+    return {"data.path": lambda: resolve_ratings_file(Path(cfg.data.path), cfg.data.format)}
+
+
+def _clip_paths(cfg: Any) -> dict[str, Callable[[], object]]:
+    from framework.data.clip_loader import expand_shards
+
+    checks: dict[str, Callable[[], object]] = {"data.train_shards": lambda: expand_shards(cfg.data.train_shards)}
+    if cfg.data.val_shards is not None:
+        checks["data.val_shards"] = lambda: expand_shards(cfg.data.val_shards)
+    if cfg.data.tokenizer == "clip_bpe":
+        checks["data.vocab_path"] = lambda: _existing_file(cfg.data.vocab_path)
+    return checks
+
+
+def _existing_file(path: str) -> Path:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    return Path(path)
+
+
+DATA_PATH_CHECKS: dict[str, Callable[[Any], dict[str, Callable[[], object]]]] = {
+    "ranking": _ranking_paths,
+    "clip": _clip_paths,
+}
+"""family → (cfg → {dotted key: check raising FileNotFoundError/ValueError}). New trainer families register here."""
+
+
+def validate_job(config: str | Path, overrides: Sequence[str] = ()) -> Any:
+    """Load the job config (as every rank will) and check its data paths; raises :class:`ConfigError`."""
+    cfg = load_job_config(config, overrides)
+    for key, check in DATA_PATH_CHECKS.get(cfg.family, lambda _: {})(cfg).items():
+        try:
+            check()
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"{key}: {e} (from {key_source(config, key, overrides)})") from e
+    return cfg
+
+
+def one_line(error: BaseException) -> str:
+    """The error message on one line (YAML parser errors span several)."""
+    return " ".join(str(error).split())
