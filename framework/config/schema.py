@@ -176,6 +176,9 @@ class TrainConfig:
     """Seed of parameter init, shuffling and UC reservoir draws."""
     eval_max_examples: int | None = None
     """Evaluate on the first K test examples in time order only; null = all."""
+    eval_every_epochs: int | None = None
+    """Also evaluate on the holdout (test or validation split) after every this many epochs, into
+    metrics.json ``epoch_evals`` (the final evaluation is always its last entry); null = only at the end."""
     run_dir: str = "runs/ranking"
     """Run directory: resolved config, checkpoints, metrics JSON, TensorBoard events."""
     checkpoint_every: int | None = None
@@ -197,7 +200,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "global_batch_size", "eval_batch_size", "epochs", "max_steps", "eval_max_examples")
-        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
+        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every", "eval_every_epochs")
         if self.prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
 

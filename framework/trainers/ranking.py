@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
     "train.resume", "train.log_every", "train.prefetch_batches", "train.progress", "train.tensorboard",
-    "train.eval_batch_size", "train.eval_max_examples", "data.path", "sharding.*", "model.attention_backend",
+    "train.eval_batch_size", "train.eval_max_examples", "train.eval_every_epochs", "data.path", "sharding.*",
+    "model.attention_backend",
 )  # fmt: skip
 """Config keys a resumed run may change (fnmatch patterns); any other difference refuses the checkpoint."""
 
@@ -231,6 +232,14 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
     progress = Progress(total_steps, state.step, B, cfg.train.progress and env.is_main, cfg.model.formulation)
     loss_sum, loss_n = torch.zeros(()), 0
     last_saved = state.step if latest is not None else -1  # a resumed state is already on disk
+    epoch_evals: list[dict[str, float]] = []
+
+    def evaluate_now() -> dict[str, float]:
+        metrics = evaluate(sm.model, data, env, cfg.train.eval_batch_size, cfg.train.eval_max_examples)
+        epoch_evals.append({"epochs": state.step / steps_per_epoch, "step": state.step, **metrics})
+        scalars.log({f"{data.holdout}/{k}": v for k, v in metrics.items()}, state.step)
+        return metrics
+
     while state.step < total_steps:
         epoch_batches = data.batches(
             "train",
@@ -260,13 +269,16 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
             else:
                 state.epoch += 1
                 state.examples_in_epoch = 0
+                if cfg.train.eval_every_epochs and state.epoch % cfg.train.eval_every_epochs == 0:
+                    if state.step < total_steps:  # the last epoch's evaluation is the final one below
+                        evaluate_now()
     progress.close()
     train_examples_per_s = progress.examples_per_second
     if last_saved != state.step:
         save(state.step)
 
     t_eval = time.perf_counter()
-    test = evaluate(sm.model, data, env, cfg.train.eval_batch_size, cfg.train.eval_max_examples)
+    test = evaluate_now()
     results = {
         "formulation": cfg.model.formulation,
         "pooling": cfg.model.pooling,
@@ -276,7 +288,9 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
         "train_examples_per_s": train_examples_per_s,
         "eval_seconds": time.perf_counter() - t_eval,
         "data_seconds": data_seconds,
+        "holdout": data.holdout,
         "test": test,
+        "epoch_evals": epoch_evals,
         "collisions": collisions,
         "num_embeddings": data.num_embeddings,
         "plan": sm.plan_summary(),
@@ -284,7 +298,6 @@ def train(cfg: RankingJobConfig) -> dict[str, Any]:
         "env": environment_info(),
         "config": to_dict(cfg),
     }
-    scalars.log({f"test/{k}": v for k, v in test.items()}, state.step)
     scalars.close()
     if env.is_main:
         write_json_atomic(run_dir / "metrics.json", results)
