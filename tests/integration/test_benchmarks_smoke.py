@@ -37,3 +37,33 @@ def test_clip_loader_benchmark_quick(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result["images_per_s"]) == {"0", "2"} and all(v > 0 for v in result["images_per_s"].values())
     assert result["data"]["num_images"] == 96 and {"env", "git_commit", "date"} <= result.keys()
+
+
+@pytest.mark.slow
+def test_ranking_movielens_tune_then_run(ml100k_dir: Path, tmp_path: Path) -> None:
+    """Both modes end to end on one cell (tiny lists, 1 epoch, 1 rank): the tuned settings reach the run, and the
+    summary has the documented shape."""
+    small = ["data.max_item_hist=4", "data.max_user_hist=4", "train.eval_batch_size=4096"]
+    common = ["--data", str(ml100k_dir), "--protocols", "user", "--formulations", "icr", "--run-root",
+              str(tmp_path / "runs"), *small]  # fmt: skip
+    tune = [sys.executable, "benchmarks/ranking_movielens.py", "tune", "--max-epochs", "1", "--out",
+            str(tmp_path / "tune.json"), *common]  # fmt: skip
+    proc = subprocess.run(tune, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tuning = json.loads((tmp_path / "tune.json").read_text())
+    best = tuning["best"]["user"]["icr"]
+    assert best["epochs"] == 1 and 0.5 < best["val_auc"] < 1.0
+    assert all(r["config"]["data"]["holdout"] == "validation" for r in tuning["runs"])
+    run = [sys.executable, "benchmarks/ranking_movielens.py", "run", "--seeds", "0", "--nproc", "1", "--tuning",
+           str(tmp_path / "tune.json"), "--out", str(tmp_path / "run.json"), *common]  # fmt: skip
+    proc = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run.json").read_text())
+    s = result["summary"]["user"]
+    assert {"auc_mean", "auc_std", "nce_mean"} <= s["icr"].keys() and "auc" in s["item_rate"] and "auc" in s["logreg"]
+    (r,) = result["runs"]
+    assert (
+        r["config"]["data"]["holdout"] == "test"
+        and r["config"]["model"]["embedding_dim"] == best["point"]["model.embedding_dim"]
+    )
+    assert "| ICR |" in proc.stdout and "logistic regression" in proc.stdout
