@@ -21,7 +21,7 @@ on a few hundred hazardous captions):
 Why step 2 is not done by ``tokenizers`` too: its ``Split`` pre-tokenizer (Oniguruma, even with ``(?i)``) disagrees
 with the ``regex`` module on case-insensitive matching (e.g. U+0345, which open_clip's pattern drops) and on code
 points their Unicode databases classify differently: probing every code point in five short contexts, 5,567 of
-about 975,000 strings split differently. Its added-token matching would also find ``<end_of_text>`` inside symbol
+972,480 strings split differently. Its added-token matching would also find ``<end_of_text>`` inside symbol
 runs. The pattern costs little in Python; the merges are the work.
 
 Vocabulary (49 408 ids with CLIP's file): the 256 byte characters, the same with ``</w>``, the first

@@ -96,7 +96,9 @@ def test_init_stds_follow_open_clip() -> None:
         # >= 1,000 samples each: the sample std is within 7% (over 3 standard errors) of the target.
         assert p.numel() >= 1000 and float(p.std()) == pytest.approx(std, rel=0.07), name
         assert abs(float(p.mean())) < 4 * std / p.numel() ** 0.5, name
-    zero = [n for n in params if ".self_attn.in_proj_bias" in n or ".self_attn.out_proj.bias" in n or ".bn3.weight" in n]
+    zero = [
+        n for n in params if ".self_attn.in_proj_bias" in n or ".self_attn.out_proj.bias" in n or ".bn3.weight" in n
+    ]
     assert len(zero) == 2 * layers + sum(cfg.vision_layers)
     assert all(params[n].eq(0).all() for n in zero)
 
