@@ -22,6 +22,10 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torchrec declares the CUDA fbgemm-gpu, which fails to load without libtorch_cuda: install the CPU build instead.
 "${PIP[@]}" --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
 "${PIP[@]}" -r "$ROOT/launch/requirements-cpu.txt"
+# open-clip-torch ships CLIP's BPE vocabulary (the clip_bpe tokenizer's default) and the tokenizer its ids are tested
+# against; its own dependencies (torchvision, timm, huggingface-hub) are not needed for that and torchvision does
+# not load with the CPU torch: --no-deps, and never `import open_clip` (its __init__ imports torchvision).
+"${PIP[@]}" --no-deps open-clip-torch==3.3.0
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
-"$VENV/bin/python" -c "import torch, torchrec, fbgemm_gpu, framework, scalefirst_kernels; print('[setup] ok: torch', torch.__version__)" >&2
+"$VENV/bin/python" -c "import torch, torchrec, fbgemm_gpu, framework, scalefirst_kernels; from framework.data.clip_bpe import default_vocab_path; assert default_vocab_path(), 'open_clip vocabulary missing'; print('[setup] ok: torch', torch.__version__)" >&2
 echo "$WANT" > "$STAMP"

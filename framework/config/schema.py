@@ -235,9 +235,10 @@ class ClipDataConfig:
     workers: int = 2
     """DataLoader worker processes per rank (0 = load on the training process)."""
     tokenizer: Literal["byte", "clip_bpe"] = "byte"
-    """Caption tokenizer: UTF-8 bytes (no vocabulary file) or CLIP's BPE (needs vocab_path)."""
+    """Caption tokenizer: UTF-8 bytes (no vocabulary file) or CLIP's BPE (open_clip's ids, cleaning included)."""
     vocab_path: str | None = None
-    """CLIP BPE merges file (bpe_simple_vocab_16e6.txt.gz) for tokenizer=clip_bpe."""
+    """CLIP BPE merges file (bpe_simple_vocab_16e6.txt.gz) for tokenizer=clip_bpe; null = the copy shipped with
+    open-clip-torch (installed by launch/setup.sh)."""
     max_bad_samples: int | None = 100
     """Bad samples (undecodable image, missing/empty caption) tolerated per rank before the run fails;
     null = unlimited (still counted and logged)."""
@@ -249,7 +250,9 @@ class ClipDataConfig:
         if self.shuffle_buffer < 0 or self.workers < 0:
             raise ValueError(f"shuffle_buffer and workers must be >= 0, got {self.shuffle_buffer}, {self.workers}")
         if self.tokenizer == "clip_bpe" and not self.vocab_path:
-            raise ValueError("vocab_path is required when tokenizer=clip_bpe")
+            from framework.data.clip_bpe import resolve_vocab_path
+
+            resolve_vocab_path(None)  # raises (naming data.vocab_path) when open-clip-torch is missing too
         if self.max_bad_samples is not None and self.max_bad_samples < 0:
             raise ValueError(f"max_bad_samples must be >= 0 or null, got {self.max_bad_samples}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:

@@ -3,9 +3,11 @@
 ``byte``: the UTF-8 bytes of the cleaned caption (vocabulary 259: pad 0, bytes 1..256, SOT 257, EOT 258). Needs no
 vocabulary file, so it works offline and on any text; sequences are longer than with BPE.
 ``clip_bpe``: CLIP's byte-level BPE read from its merges file (``bpe_simple_vocab_16e6.txt.gz`` or a plain-text
-file in the same format), vocabulary 49408; see :mod:`framework.data.clip_bpe`.
+file in the same format; default: the copy in open-clip-torch), vocabulary 49408, the same ids as open_clip's
+``tokenize``; see :mod:`framework.data.clip_bpe`.
 
-Captions are cleaned the same way for both: whitespace collapsed, stripped, lower-cased (CLIP lower-cases too).
+Cleaning: ``byte`` collapses whitespace, strips and lower-cases (:func:`clean_caption`); ``clip_bpe`` cleans as
+open_clip does (:func:`framework.data.clip_bpe.clip_clean`: ftfy and HTML unescaping first).
 """
 
 from __future__ import annotations
@@ -47,14 +49,16 @@ def pack(ids: Sequence[Sequence[int]], sot: int, eot: int, context_length: int) 
     """SOT + ids truncated to fit + EOT, 0-padded to ``context_length``."""
     if context_length < 2:
         raise ValueError(f"context_length must be >= 2 (SOT and EOT), got {context_length}")
-    tokens = torch.zeros(len(ids), context_length, dtype=torch.long)
-    eot_index = torch.empty(len(ids), dtype=torch.long)
-    for i, row in enumerate(ids):
-        body = list(row[: context_length - 2])
-        seq = [sot, *body, eot]
-        tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        eot_index[i] = len(seq) - 1
-    return TokenBatch(tokens, eot_index)
+    rows: list[list[int]] = []
+    eot_index: list[int] = []
+    for row in ids:
+        seq = [sot, *row[: context_length - 2], eot]
+        eot_index.append(len(seq) - 1)
+        seq.extend([0] * (context_length - len(seq)))
+        rows.append(seq)
+    # One tensor from the nested list: a tensor per row costs more than the BPE of a short caption.
+    tokens = torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
+    return TokenBatch(tokens, torch.tensor(eot_index, dtype=torch.long))
 
 
 class ByteTokenizer:
@@ -77,13 +81,15 @@ class ByteTokenizer:
 
 
 def build_tokenizer(kind: str, context_length: int, vocab_path: str | None = None) -> Tokenizer:
-    """``kind``: byte | clip_bpe (``vocab_path`` = CLIP merges file)."""
+    """``kind``: byte | clip_bpe (``vocab_path`` = CLIP merges file; None = open-clip-torch's copy).
+
+    Raises:
+        ValueError: an unknown ``kind``, or clip_bpe without ``vocab_path`` and without open-clip-torch.
+    """
     if kind == "byte":
         return ByteTokenizer(context_length)
     if kind == "clip_bpe":
         from framework.data.clip_bpe import ClipBPETokenizer
 
-        if not vocab_path:
-            raise ValueError("tokenizer clip_bpe needs vocab_path (CLIP's bpe_simple_vocab_16e6.txt.gz)")
         return ClipBPETokenizer(vocab_path, context_length)
     raise ValueError(f"unknown tokenizer {kind!r}; known: byte, clip_bpe")

@@ -28,6 +28,10 @@ Choices forced by DeepSpeed 0.19.8 (each checked by tests/distributed/test_zero_
 * ZeRO-3's ``safe_set_full_fp32_param``/``safe_set_full_optimizer_state`` slice a rank's partition out of the full
   tensor without the zero padding of the last partition (an out-of-range error whenever a parameter's size is not a
   multiple of the world size); :meth:`load` cuts padded partitions itself and uses the ``safe_set_local_*`` calls.
+* In-place edits of a parameter (:meth:`~framework.distributed.engine.Engine.clamp_param_`, the CLIP temperature
+  clamp) go through :meth:`_load_param_state`, as a checkpoint load does: ZeRO-1/2/3 keep the fp32 master apart from
+  the model's copy and step the master, so editing only the model copy (e.g. inside ``GatheredParameters`` with a
+  ``modifier_rank``) is undone by the next step (tests/distributed/test_logit_scale_clamp.py).
 * DeepSpeed requires ``LOCAL_RANK`` in the environment even when the process group exists; a plain ``python`` run (a
   world of one, no torchrun) gets it from :func:`~framework.distributed.env.export_local_rank`.
 """

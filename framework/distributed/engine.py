@@ -81,6 +81,8 @@ class Engine(Protocol):
     rank: int
     world_size: int
     device: torch.device
+    grad_accum_steps: int
+    """Micro-batches per optimizer step (``engine.grad_accum_steps``)."""
 
     @property
     def global_step(self) -> int:
@@ -110,6 +112,12 @@ class Engine(Protocol):
 
     def gathered_params(self) -> AbstractContextManager[None]:
         """Context in which ``module``'s parameters are whole on every rank (a no-op below ZeRO-3)."""
+        ...
+
+    def clamp_param_(self, name: str, min: float | None = None, max: float | None = None) -> bool:
+        """Collective. Clamp parameter ``name`` of ``module`` in place to [``min``, ``max``]: the model's copy and the
+        fp32 master the optimizer steps (ZeRO-1/2/3 keep it apart, partitioned). Call at an accumulation boundary,
+        e.g. right after :meth:`step` returned True. Returns whether anything changed (the same on every rank)."""
         ...
 
     def save(self, root: str | Path, client_state: Any) -> Path:
@@ -414,6 +422,7 @@ class EngineBase(ABC):
         # Shapes as the model defines them, recorded before a backend may re-view parameters (DeepSpeed stores 0-d
         # parameters as [1]); checkpoints and consolidated state dicts always use these.
         self._param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        self._params_by_name: dict[str, nn.Parameter] | None = None  # filled at the first clamp_param_
         self._scheduler: LambdaLR
 
     # -- backend hooks
@@ -460,6 +469,22 @@ class EngineBase(ABC):
         return nullcontext()
 
     # -- common API
+
+    def clamp_param_(self, name: str, min: float | None = None, max: float | None = None) -> bool:
+        if self._params_by_name is None:
+            self._params_by_name = dict(self.module.named_parameters())
+        param = self._params_by_name.get(name)
+        if param is None:
+            raise KeyError(f"clamp_param_: the model has no parameter {name!r}")
+        # The full fp32 master value, the same on every rank (gathered under ZeRO), so every rank takes the same
+        # branch below; writing goes through the checkpoint-load path, which sets master and model copy (under
+        # ZeRO-3 a GatheredParameters(modifier_rank=0) block re-partitions the model copy).
+        value, _, _ = self._full_param_state(param, with_optim=False)
+        clamped = value.clamp(min, max)
+        if torch.equal(clamped, value):
+            return False
+        self._load_param_state(param, clamped, None, None)
+        return True
 
     def lr(self) -> float:
         return float(self._scheduler.get_last_lr()[0])

@@ -1,4 +1,5 @@
-"""CLIP / RankCLIP evaluation (thesis ch. 4): zero-shot top-k, linear probe, retrieval, alignment/uniformity, gap.
+"""CLIP / RankCLIP evaluation (thesis ch. 4): zero-shot top-k, linear probe, retrieval, alignment, S_U, uniformity,
+modality gap.
 
 Legend: N = images or pairs, C = classes, T = prompt templates, E = shared embedding dim.
 
@@ -42,7 +43,14 @@ from tqdm import tqdm
 from framework.data.image_ops import decode_image, preprocess
 from framework.data.interactions import DataFormatError
 from framework.data.tokenizer import Tokenizer, clean_caption
-from framework.metrics.clip import alignment, modality_gap, retrieval_recall, uniformity, zero_shot_topk
+from framework.metrics.clip import (
+    alignment,
+    modality_gap,
+    retrieval_recall,
+    s_u_eq412,
+    wang_isola_uniformity,
+    zero_shot_topk,
+)
 
 if TYPE_CHECKING:  # scikit-learn and matplotlib are imported where used: importing this module stays cheap
     from sklearn.pipeline import Pipeline
@@ -497,14 +505,18 @@ def linear_probe(
 
 
 def pair_metrics(img_ND: torch.Tensor, txt_ND: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Retrieval R@k both ways (pair j ↔ j, ties pessimistic), alignment S_A, uniformity S_U, modality gap.
+    """Retrieval R@k both ways (pair j ↔ j, ties pessimistic), alignment S_A, S_U (eq. 4.12), Wang & Isola
+    uniformity of each modality, modality gap (see :mod:`framework.metrics.clip` for the definitions).
 
-    Keys: ``image_to_text/R@k``, ``text_to_image/R@k``, ``alignment``, ``uniformity``, ``modality_gap``,
-    ``num_pairs``. R@k with k >= N is trivially 1.
+    Keys: ``image_to_text/R@k``, ``text_to_image/R@k``, ``alignment`` (higher = matched pairs closer),
+    ``s_u_eq412`` (higher = mismatched pairs less similar), ``uniformity_image`` / ``uniformity_text`` (Wang & Isola,
+    lower = more uniform), ``modality_gap``, ``num_pairs``. R@k with k >= N is trivially 1.
     """
     out: dict[str, float] = dict(retrieval_recall(img_ND, txt_ND, ks))
     out["alignment"] = alignment(img_ND, txt_ND)
-    out["uniformity"] = uniformity(img_ND, txt_ND)
+    out["s_u_eq412"] = s_u_eq412(img_ND, txt_ND)
+    out["uniformity_image"] = wang_isola_uniformity(img_ND)
+    out["uniformity_text"] = wang_isola_uniformity(txt_ND)
     out["modality_gap"] = modality_gap(img_ND, txt_ND)
     out["num_pairs"] = int(img_ND.shape[0])
     return out
@@ -632,8 +644,9 @@ def format_eval_table(rows: Sequence[Mapping[str, object]]) -> str:
     """Plain-text report, one row per model, from :func:`evaluate_clip` results (``name`` names the row).
 
     Sections (each only when some row has it): zero-shot top-k per family (%), linear-probe accuracy per family and
-    their mean (%), retrieval R@k image→text and text→image (%), and S_A / S_U / modality gap. ``*`` marks top-k
-    entries with k >= number of classes (trivially 100%); ``-`` a value a row lacks.
+    their mean (%), retrieval R@k image→text and text→image (%), and the embedding geometry: S_A, S_U (eq. 4.12),
+    Wang & Isola uniformity of images and texts, modality gap. ``*`` marks top-k entries with k >= number of classes
+    (trivially 100%); ``-`` a value a row lacks.
     """
     if not rows:
         raise ValueError("format_eval_table: no rows")
@@ -677,11 +690,17 @@ def format_eval_table(rows: Sequence[Mapping[str, object]]) -> str:
         body = [[name, *(_pct(p.get(k)) for k in recall_keys)] for name, p in zip(names, pairs, strict=True)]
         sections.append(_render("Retrieval (recall, %)", header, body))
     if any("alignment" in p for p in pairs):
-        geo = ("alignment", "uniformity", "modality_gap")
+        geo = ("alignment", "s_u_eq412", "uniformity_image", "uniformity_text", "modality_gap")
+        # Results written before the rename store S_U (eq. 4.12) under "uniformity".
+        pairs = [{"s_u_eq412": p["uniformity"], **p} if "uniformity" in p else p for p in pairs]
         body = [[name, *(_num(p.get(k)) for k in geo), str(p.get("num_pairs", "-"))]
                 for name, p in zip(names, pairs, strict=True)]  # fmt: skip
-        sections.append(_render("Embedding geometry", ["model", "S_A (align, up)", "S_U (unif, down)", "gap", "pairs"],
-                                body))  # fmt: skip
+        header = ["model", "S_A (align, up)", "S_U (eq. 4.12, up: mismatched apart)", "unif img (W&I, down)",
+                  "unif txt (W&I, down)", "gap", "pairs"]  # fmt: skip
+        note = ("S_A: mean matched-pair cosine. S_U (eq. 4.12): log mean exp(-cos) of mismatched pairs, higher when "
+                "they are less similar. unif: Wang & Isola log E exp(-2||x-y||^2) within a modality, lower = more "
+                "uniform.")  # fmt: skip
+        sections.append(_render("Embedding geometry", header, body, note))
     return "\n\n".join(sections) + "\n"
 
 
@@ -737,8 +756,8 @@ def evaluate_clip(
         name: Row name in :func:`format_eval_table` and the figure title.
         pairs: ``(images, captions)`` held-out pairs (e.g. read from shards): images as in :func:`embed_images`
             (decode shard JPEGs with ``decode_image(data, image_size)`` to match the training loader).
-            Gives retrieval R@k (on the first pair of each distinct caption when ``dedupe_captions``), S_A, S_U
-            and the modality gap (on all pairs), and the figure.
+            Gives retrieval R@k (on the first pair of each distinct caption when ``dedupe_captions``), S_A, S_U,
+            the Wang & Isola uniformity of both modalities and the modality gap (on all pairs), and the figure.
         zeroshot_root: Labeled folder(s), layout of :func:`load_labeled_root`; zero-shot top-``ks`` per family.
             Prompts: ``templates`` (one list, or per family) > ``<root>/templates.json`` > ``DEFAULT_TEMPLATES``.
         probe_root: Labeled folder(s) for the linear probe, split per class into train/test by a seeded shuffle
@@ -752,8 +771,8 @@ def evaluate_clip(
     Returns:
         ``{"name", "image_size", "seed", "zero_shot": {family: {top1, top3, top5, num_classes, num_images,
         num_templates}}, "linear_probe": {family: {accuracy, C, ...}}, "pairs": {image_to_text/R@k, ...,
-        alignment, uniformity, modality_gap, num_pairs, retrieval_num_pairs}, "summary": {...}, "plot": path or
-        None}``; sections not run are empty.
+        alignment, s_u_eq412, uniformity_image, uniformity_text, modality_gap, num_pairs, retrieval_num_pairs},
+        "summary": {...}, "plot": path or None}``; sections not run are empty.
     """
     if pairs is None and zeroshot_root is None and probe_root is None:
         raise ValueError("evaluate_clip: nothing to evaluate (pass pairs, zeroshot_root and/or probe_root)")

@@ -1,6 +1,14 @@
-"""Image-text embedding metrics (thesis chapter 4): retrieval R@K, zero-shot top-k, alignment, uniformity, gap.
+"""Image-text embedding metrics (thesis chapter 4): retrieval R@K, zero-shot top-k, alignment, S_U, uniformity, gap.
 
 Legend: N = pairs, C = classes, D = dim. Inputs are L2-normalized embeddings; pair j is (img_ND[j], txt_ND[j]).
+
+Two different quantities are called "uniformity" in the literature; both are here under distinct names:
+
+* :func:`s_u_eq412`, the thesis' S_U (eq. 4.12), a cross-modal statistic of *mismatched image-text pairs*:
+  log-mean of exp(-cosine). It is higher when mismatched pairs are less similar (roughly minus their mean cosine);
+  it does not measure how evenly one modality spreads over the sphere.
+* :func:`wang_isola_uniformity`, Wang & Isola (2020), within one modality: log E exp(-2 ||x - y||^2) over distinct
+  pairs; lower = more uniform, 0 = collapsed to one point.
 """
 
 from __future__ import annotations
@@ -53,8 +61,13 @@ def alignment(img_ND: torch.Tensor, txt_ND: torch.Tensor) -> float:
     return float((img_ND.double() * txt_ND.double()).sum(1).mean())
 
 
-def uniformity(img_ND: torch.Tensor, txt_ND: torch.Tensor) -> float:
-    """S_U = log( 1/(N(N-1)) sum_{j != k} exp(-I_j^T T_k) ) (eq. 4.12), over mismatched pairs."""
+def s_u_eq412(img_ND: torch.Tensor, txt_ND: torch.Tensor) -> float:
+    """S_U = log( 1/(N(N-1)) sum_{j != k} exp(-I_j^T T_k) ) (eq. 4.12), over mismatched image-text pairs.
+
+    Direction: it increases as mismatched pairs become *less* similar (to first order it is minus their mean cosine
+    plus half its variance); within [-1, 1] for unit vectors. A higher S_U therefore means mismatched pairs lie
+    further apart, not a less uniform embedding (that is :func:`wang_isola_uniformity`). NaN for N < 2.
+    """
     _check_pairs(img_ND, txt_ND)
     n = img_ND.shape[0]
     if n < 2:
@@ -62,6 +75,26 @@ def uniformity(img_ND: torch.Tensor, txt_ND: torch.Tensor) -> float:
     sims = img_ND.double() @ txt_ND.double().T
     off = ~torch.eye(n, dtype=torch.bool)
     return float(torch.logsumexp(-sims[off], dim=0) - math.log(n * (n - 1)))
+
+
+def wang_isola_uniformity(x_ND: torch.Tensor, t: float = 2.0) -> float:
+    """Wang & Isola (2020) uniformity of one modality: log( mean_{j < k} exp(-t ||x_j - x_k||^2) ), t = 2.
+
+    Lower = more uniform on the hypersphere; 0 when all N points coincide (collapse); for unit vectors at least
+    -4t. Computed in float64 over all N(N-1)/2 distinct pairs. NaN for N < 2.
+
+    Example::
+
+        >>> round(wang_isola_uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])), 4)  # antipodal: ||x-y||^2 = 4
+        -8.0
+    """
+    if x_ND.dim() != 2:
+        raise ValueError(f"expected [N, D] embeddings, got {tuple(x_ND.shape)}")
+    n = x_ND.shape[0]
+    if n < 2:
+        return math.nan
+    sq_dist_P = torch.pdist(x_ND.double()).square()
+    return float(torch.logsumexp(-t * sq_dist_P, dim=0) - math.log(sq_dist_P.numel()))
 
 
 def modality_gap(img_ND: torch.Tensor, txt_ND: torch.Tensor) -> float:

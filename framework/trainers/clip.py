@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,30 @@ def train_micro_step(
     return out
 
 
+def train_step(
+    engine: Engine,
+    batches: Iterator[ClipBatch],
+    cfg: RankCLIPLossConfig,
+    *,
+    max_logit_scale: float,
+    local_loss: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[dict[str, float]]:
+    """One optimizer step: ``engine.grad_accum_steps`` micro-batches from ``batches``, then the engine step, then
+    ``logit_scale`` clamped in place to [0, ``max_logit_scale``] (open_clip's ``clamp_(0, math.log(100))`` after
+    each step). The forward does not clamp, so the temperature's gradient never vanishes at the bound and the
+    parameter cannot drift past it. Returns each micro-batch's loss terms."""
+    terms = []
+    stepped = False
+    for _ in range(engine.grad_accum_steps):
+        terms.append(train_micro_step(engine, next(batches), cfg, local_loss=local_loss, generator=generator))
+        stepped = engine.step()
+    if not stepped:
+        raise RuntimeError(f"engine did not step after {len(terms)} micro-batches (engine.grad_accum_steps)")
+    engine.clamp_param_("logit_scale", 0.0, max_logit_scale)
+    return terms
+
+
 def train(cfg: ClipJobConfig) -> dict[str, Any]:
     """Run one CLIP/RankCLIP job; returns the results dict (rank 0 also writes run_dir/metrics.json)."""
     env = init_distributed(cfg.engine.device)
@@ -195,13 +220,10 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
             # The random tie-break must draw the same permutation on every rank (each computes the global loss).
             gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + engine.global_step)
             loss_cfg = loss_config(cfg.loss, engine.global_step)
-            for _ in range(accum):
-                window.append(
-                    train_micro_step(engine, next(batches), loss_cfg, local_loss=cfg.loss.local_loss, generator=gen)
-                )
-                stepped = engine.step()
-            if not stepped:
-                raise RuntimeError(f"engine did not step after {accum} micro-batches (engine.grad_accum_steps)")
+            window += train_step(
+                engine, batches, loss_cfg, max_logit_scale=cfg.model.max_logit_scale,
+                local_loss=cfg.loss.local_loss, generator=gen,
+            )  # fmt: skip
             step = engine.global_step
             progress.update(loss=window[-1]["loss"])
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:

@@ -275,9 +275,10 @@ def test_bf16_trains(phases: dict[str, Any], run: Run) -> None:
         assert torch.isfinite(losses).all()
         # The first loss is one forward from the same weights: bf16 keeps 8 significant bits (0.4% per rounding) in
         # the autocast matmuls and convolutions. Later steps drift further (the trajectory amplifies differences),
-        # so only progress is asserted there: the loss falls as fp32's does (5.7 -> 2.2 over these batches).
+        # so only progress is asserted there: the loss falls as fp32's does (6.43 -> 3.92 over these batches with
+        # open_clip's initialization, a ratio of 0.61; the previous init went 5.7 -> 2.2, hence the old bound 0.6).
         assert losses[0].item() == pytest.approx(want_losses[0], rel=2e-2)
-        assert losses[-1] < 0.6 * losses[0]
+        assert losses[-1] < 0.7 * losses[0]
         assert all(not torch.equal(r["params"][k], initial[k].detach()) for k in initial)
 
 

@@ -214,7 +214,8 @@ def test_pair_metrics_identical_embeddings() -> None:
     for k in (1, 5, 10):
         assert out[f"image_to_text/R@{k}"] == 1.0 and out[f"text_to_image/R@{k}"] == 1.0
     assert out["modality_gap"] == pytest.approx(0.0, abs=1e-12) and out["alignment"] == pytest.approx(1.0)
-    assert math.isfinite(out["uniformity"]) and out["num_pairs"] == 20
+    assert math.isfinite(out["s_u_eq412"]) and out["num_pairs"] == 20
+    assert out["uniformity_image"] == out["uniformity_text"] < 0.0
 
 
 def test_unique_caption_indices() -> None:
@@ -239,7 +240,8 @@ def test_format_eval_table_contains_the_numbers() -> None:
         "zero_shot": {"shapes": {"top1": 0.1234, "top3": 0.5, "top5": 1.0, "num_classes": 5}},
         "linear_probe": {"shapes": {"accuracy": 0.8}, "digits": {"accuracy": 0.6}},
         "pairs": {"image_to_text/R@1": 0.25, "text_to_image/R@1": 0.125, "image_to_text/R@5": 0.75,
-                  "alignment": 0.31416, "uniformity": -0.5, "modality_gap": 0.9876, "num_pairs": 40},
+                  "alignment": 0.31416, "s_u_eq412": -0.5, "uniformity_image": -1.25, "uniformity_text": -2.5,
+                  "modality_gap": 0.9876, "num_pairs": 40},
     }  # fmt: skip
     rank = {"name": "RankCLIP", "zero_shot": {"shapes": {"top1": 0.4321, "top3": 0.6, "top5": 1.0, "num_classes": 5}},
             "linear_probe": {"shapes": {"accuracy": 0.9}}}  # fmt: skip
@@ -252,8 +254,13 @@ def test_format_eval_table_contains_the_numbers() -> None:
     assert clip_lines[1].split()[1:] == ["80.00", "60.00", "70.00"]  # shapes, digits, mean
     assert rank_lines[1].split()[1:] == ["90.00", "-", "-"]  # no digits probe → no mean
     assert clip_lines[2].split()[1:] == ["25.00", "75.00", "12.50"]  # i2t R@1, i2t R@5, t2i R@1
-    assert clip_lines[3].split()[1:] == ["0.3142", "-0.5000", "0.9876", "40"]
-    assert rank_lines[3].split()[1:] == ["-", "-", "-", "-"]
+    assert clip_lines[3].split()[1:] == ["0.3142", "-0.5000", "-1.2500", "-2.5000", "0.9876", "40"]
+    assert rank_lines[3].split()[1:] == ["-", "-", "-", "-", "-", "-"]
+    assert "S_U (eq. 4.12, up: mismatched apart)" in table and "unif img (W&I, down)" in table
+    # Results written before the rename keep S_U (eq. 4.12) under "uniformity".
+    old = {"name": "old", "pairs": {"alignment": 0.5, "uniformity": 0.041, "modality_gap": 0.09, "num_pairs": 8}}
+    old_line = next(ln for ln in format_eval_table([old]).splitlines() if ln.startswith("old "))
+    assert old_line.split()[1:] == ["0.5000", "0.0410", "-", "-", "0.0900", "8"]
     with pytest.raises(ValueError, match="no rows"):
         format_eval_table([])
 

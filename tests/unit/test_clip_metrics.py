@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from framework.metrics.clip import alignment, modality_gap, retrieval_recall, uniformity, zero_shot_topk
+from framework.metrics.clip import (
+    alignment,
+    modality_gap,
+    retrieval_recall,
+    s_u_eq412,
+    wang_isola_uniformity,
+    zero_shot_topk,
+)
 
 E = torch.eye(3, dtype=torch.float64)
 
@@ -36,14 +43,44 @@ def test_zero_shot_topk() -> None:
     assert out == {"top1": 0.5, "top2": 1.0, "top3": 1.0}
 
 
-def test_alignment_uniformity_gap_by_hand() -> None:
+def test_alignment_s_u_gap_by_hand() -> None:
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     txt = torch.tensor([[0.6, 0.8], [0.0, 1.0]], dtype=torch.float64)
     assert alignment(img, txt) == pytest.approx((0.6 + 1.0) / 2)
     # mismatched pairs: I0·T1 = 0, I1·T0 = 0.8 → log((e^0 + e^-0.8) / 2)
-    assert uniformity(img, txt) == pytest.approx(math.log((1 + math.exp(-0.8)) / 2))
+    assert s_u_eq412(img, txt) == pytest.approx(math.log((1 + math.exp(-0.8)) / 2))
     # centroids (0.5, 0.5) and (0.3, 0.9): distance sqrt(0.04 + 0.16)
     assert modality_gap(img, txt) == pytest.approx(math.sqrt(0.2))
-    assert math.isnan(uniformity(img[:1], txt[:1]))
+    assert math.isnan(s_u_eq412(img[:1], txt[:1]))
     with pytest.raises(ValueError, match="equal"):
         alignment(img, txt[:1])
+
+
+def test_s_u_eq412_grows_as_mismatched_pairs_separate() -> None:
+    """Its true direction: higher S_U = mismatched image-text pairs less similar (the sign the thesis' eq. 4.12
+    gives it; not 'less uniform')."""
+    img = torch.eye(3, dtype=torch.float64)
+    close = torch.nn.functional.normalize(img + 0.5, dim=1)  # every text leans towards every image
+    apart = torch.nn.functional.normalize(img - 0.2, dim=1)  # every text leans away from the other images
+    assert s_u_eq412(img, apart) > s_u_eq412(img, img) > s_u_eq412(img, close)
+
+
+def test_wang_isola_uniformity_by_hand() -> None:
+    # Three unit vectors: x0 = (1, 0), x1 = (0, 1), x2 = (-1, 0). Squared distances: |x0-x1|^2 = 2, |x0-x2|^2 = 4,
+    # |x1-x2|^2 = 2 → log((e^-4 + e^-8 + e^-4) / 3) with t = 2.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert wang_isola_uniformity(x) == pytest.approx(math.log((2 * math.exp(-4) + math.exp(-8)) / 3))
+    assert wang_isola_uniformity(x, t=1.0) == pytest.approx(math.log((2 * math.exp(-2) + math.exp(-4)) / 3))
+    # Lower = more uniform: collapsed points give the maximum 0, spread points less.
+    assert wang_isola_uniformity(x[[0, 0, 0]]) == pytest.approx(0.0)
+    assert wang_isola_uniformity(x) < wang_isola_uniformity(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]]))
+    assert math.isnan(wang_isola_uniformity(x[:1]))
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        wang_isola_uniformity(x[0])
+
+
+def test_wang_isola_uniformity_matches_their_reference_code() -> None:
+    """Wang & Isola's published one-liner: ``torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()``."""
+    x = torch.nn.functional.normalize(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    reference = torch.pdist(x.double(), p=2).pow(2).mul(-2).exp().mean().log()
+    assert wang_isola_uniformity(x) == pytest.approx(float(reference), rel=1e-12)

@@ -1,4 +1,5 @@
-"""CLIP dual encoder: architecture fingerprint, shapes, gradients, causal text readout, temperature clamp."""
+"""CLIP dual encoder: architecture fingerprint, open_clip initialization, shapes, gradients, causal text readout,
+unclamped forward temperature."""
 
 from __future__ import annotations
 
@@ -34,9 +35,72 @@ def test_forward_shapes_normalized_and_every_parameter_trains() -> None:
     torch.testing.assert_close(txt.norm(dim=1), torch.ones(3))
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
     rankclip_loss(img, txt, scale)["loss"].backward()
+    # Behind each bottleneck's zero-initialized bn3 gain the residual branch gets no gradient at first; one step
+    # moves the gains, after which every parameter must get gradient.
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad and all(".bn3." in n or ".conv" in n or ".bn1." in n or ".bn2." in n for n in no_grad), no_grad
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    img, txt, scale = model(*_inputs(cfg))
+    rankclip_loss(img, txt, scale)["loss"].backward()
     # The token embedding trains only for rows that occur; every other parameter must get gradient.
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == [], no_grad
+
+
+# A text tower large enough for sample standard deviations to be within a few percent of the target.
+_INIT_CFG = dict(text_width=128, text_layers=4, text_heads=4, vocab_size=2000, context_length=77, embed_dim=96,
+                 vision_width=16, vision_heads=4)  # fmt: skip
+
+
+def test_text_layers_are_drawn_independently() -> None:
+    """nn.TransformerEncoder deep-copies one layer; every layer must start with its own draw."""
+    torch.manual_seed(0)
+    layers = CLIP(tiny_clip_config(**_INIT_CFG)).text.transformer.layers
+    drawn = ["self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear1.bias",
+             "linear2.weight", "linear2.bias"]  # fmt: skip
+    for i in range(len(layers)):
+        for j in range(i):
+            params_i, params_j = dict(layers[i].named_parameters()), dict(layers[j].named_parameters())
+            for name in drawn:
+                assert not torch.equal(params_i[name], params_j[name]), (i, j, name)
+
+
+def test_init_stds_follow_open_clip() -> None:
+    """The scales of the module docstring (open_clip's init_parameters of TextTransformer and ModifiedResNet)."""
+    torch.manual_seed(0)
+    cfg = tiny_clip_config(**_INIT_CFG)
+    model = CLIP(cfg)
+    width, layers, pool_c = cfg.text_width, cfg.text_layers, cfg.vision_width * 32
+    proj_std = width**-0.5 * (2 * layers) ** -0.5
+    expected = {
+        "text.token_embedding.weight": 0.02,
+        "text.positional_embedding": 0.01,
+        "text.text_projection.weight": width**-0.5,
+        "visual.attnpool.q_proj.weight": pool_c**-0.5,
+        "visual.attnpool.k_proj.weight": pool_c**-0.5,
+        "visual.attnpool.v_proj.weight": pool_c**-0.5,
+        "visual.attnpool.c_proj.weight": pool_c**-0.5,
+    }
+    for i in range(layers):
+        prefix = f"text.transformer.layers.{i}."
+        expected |= {
+            prefix + "self_attn.in_proj_weight": width**-0.5,
+            prefix + "self_attn.out_proj.weight": proj_std,
+            prefix + "linear1.weight": (2 * width) ** -0.5,
+            prefix + "linear2.weight": proj_std,
+        }
+    params = dict(model.named_parameters())
+    for name, std in expected.items():
+        p = params[name].detach()
+        # >= 1,000 samples each: the sample std is within 7% (over 3 standard errors) of the target.
+        assert p.numel() >= 1000 and float(p.std()) == pytest.approx(std, rel=0.07), name
+        assert abs(float(p.mean())) < 4 * std / p.numel() ** 0.5, name
+    zero = [
+        n for n in params if ".self_attn.in_proj_bias" in n or ".self_attn.out_proj.bias" in n or ".bn3.weight" in n
+    ]
+    assert len(zero) == 2 * layers + sum(cfg.vision_layers)
+    assert all(params[n].eq(0).all() for n in zero)
 
 
 def test_text_readout_is_causal_at_the_end_of_text_position() -> None:
@@ -54,14 +118,16 @@ def test_text_readout_is_causal_at_the_end_of_text_position() -> None:
     torch.testing.assert_close(after[2], before[2])
 
 
-def test_logit_scale_is_clamped_at_100_and_stops_gradient() -> None:
+def test_forward_does_not_clamp_the_logit_scale() -> None:
+    """The forward returns exp(logit_scale) with its gradient even past the bound: the trainer clamps the
+    parameter after each optimizer step instead (tests/unit/test_clip_trainer_loss.py)."""
     model = CLIP(tiny_clip_config())
     with torch.no_grad():
         model.logit_scale.fill_(math.log(500.0))
     scale = model.scale()
-    assert scale.item() == pytest.approx(100.0)
+    assert scale.item() == pytest.approx(500.0)
     scale.backward()
-    assert model.logit_scale.grad.item() == 0.0
+    assert model.logit_scale.grad.item() == pytest.approx(500.0)
 
 
 def test_config_validation_names_the_field() -> None:

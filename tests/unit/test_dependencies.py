@@ -23,8 +23,8 @@ FIRST_PARTY = {"framework", "launch", "scalefirst_kernels"}
 
 NOT_DECLARED = {"torch", "torchrec", "fbgemm-gpu", "fbgemm-gpu-cpu"}
 """Installed explicitly by launch/setup.sh (CPU) or the README's GPU install: see the comment in pyproject.toml."""
-PENDING = {"ftfy", "regex", "open-clip-torch"}
-"""Declared by the CLIP tokenizer branch (issue 7); tolerated until then, checked like the rest once declared."""
+PENDING: set[str] = set()
+"""Distributions tolerated while a branch that declares them is in flight; empty on main."""
 
 
 def third_party_imports() -> dict[str, set[str]]:

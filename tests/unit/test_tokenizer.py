@@ -1,16 +1,17 @@
-"""Caption tokenizers: the byte tokenizer's packing, and CLIP's byte-level BPE on a tiny merges file."""
+"""Caption tokenizers: the byte tokenizer's packing, CLIP's byte-level BPE on a tiny merges file, and id-for-id
+parity with open_clip's ``tokenize`` on CLIP's real vocabulary (test_clip_tokenizer_parity.py)."""
 
 from __future__ import annotations
 
 import gzip
-import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from framework.data.clip_bpe import RE_FALLBACK_PATTERN, ClipBPETokenizer, bytes_to_unicode, read_merges
+from framework.config.schema import ClipDataConfig
+from framework.data import clip_bpe
+from framework.data.clip_bpe import ClipBPETokenizer, bytes_to_unicode, read_merges
 from framework.data.tokenizer import ByteTokenizer, build_tokenizer, pack
 
 # ---------------------------------------------------------------------------------------------- byte tokenizer
@@ -52,11 +53,14 @@ def test_pack_rejects_context_without_room_for_sot_and_eot() -> None:
         pack([[1, 2]], sot=257, eot=258, context_length=1)
 
 
-def test_build_tokenizer_errors() -> None:
+def test_build_tokenizer_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown tokenizer 'wordpiece'"):
         build_tokenizer("wordpiece", 77)
-    with pytest.raises(ValueError, match="vocab_path"):
+    monkeypatch.setattr(clip_bpe, "default_vocab_path", lambda: None)  # as without open-clip-torch
+    with pytest.raises(ValueError, match=r"data\.vocab_path is not set and open-clip-torch"):
         build_tokenizer("clip_bpe", 77)
+    with pytest.raises(ValueError, match=r"data\.vocab_path"):
+        ClipDataConfig(train_shards="shards", tokenizer="clip_bpe")
 
 
 # ---------------------------------------------------------------------------------------------- CLIP BPE
@@ -143,32 +147,3 @@ def test_read_merges_limit_and_errors(merges_file: Path, tmp_path: Path) -> None
         read_merges(bad)
     with pytest.raises(FileNotFoundError, match="bpe_simple_vocab"):
         ClipBPETokenizer(tmp_path / "missing.txt.gz")
-
-
-def test_standard_re_fallback_matches_clip_pattern_on_ordinary_text(merges_file: Path) -> None:
-    tok = ClipBPETokenizer(merges_file, 8)
-    texts = ["it's a photo_of 3 cats!! don't", "<|endoftext|> café, 42 ü-bahn ...", "we'll see; they've 7am"]
-    fallback = re.compile(RE_FALLBACK_PATTERN, re.IGNORECASE)
-    for text in texts:
-        assert fallback.findall(text) == tok._pattern.findall(text)
-
-
-def test_bpe_matches_transformers_clip_tokenizer(tmp_path: Path) -> None:
-    """An independent implementation (Hugging Face's CLIPTokenizer) on the same tiny vocabulary."""
-    transformers = pytest.importorskip("transformers")
-    merges = tmp_path / "merges.txt"
-    merges.write_text(TINY_MERGES + "t h\nth e</w>\no n</w>\n", encoding="utf-8")
-    ours = ClipBPETokenizer(merges, context_length=32)
-    vocab = tmp_path / "vocab.json"
-    vocab.write_text(json.dumps(ours.encoder), encoding="utf-8")
-    theirs = transformers.CLIPTokenizer(str(vocab), str(merges))
-    texts = [
-        "the red cat",
-        "A RED  Cat on the mat!",
-        "it's 42 cats, don't re-read",
-        "café über naïve",
-        "x_y+z=3.14",
-        "<|endoftext|> then more",
-    ]
-    for text in texts:
-        assert ours.encode(text) == theirs.encode(text, add_special_tokens=False), text

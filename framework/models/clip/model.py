@@ -6,6 +6,26 @@ Plain ``nn.Module``s; ZeRO/DDP are applied from outside.
 Modified ResNet (Radford et al. 2021): a 3-convolution stem with average pooling instead of max pooling,
 anti-aliased strided bottlenecks (stride by average pooling before the last 1x1 conv), and a multi-head attention
 pooling head whose query is the mean of the final feature map. RN50 = layers (3, 4, 6, 3), width 64.
+
+Initialization follows open_clip (``ModifiedResNet.init_parameters``, ``TextTransformer.init_parameters``, from
+OpenAI's CLIP), every layer drawn independently; ``D`` = text width, ``n`` = text layers, ``C`` = attention-pool
+channels (vision_width * 32):
+
+==================================================  ===============================
+token embedding                                     N(0, 0.02)
+text positional embedding                           N(0, 0.01)
+attention in-projection (q, k, v), per layer        N(0, D^-0.5), bias 0
+attention out-projection, per layer                 N(0, D^-0.5 * (2n)^-0.5), bias 0
+MLP c_fc (D -> 4D), per layer                       N(0, (2D)^-0.5), bias PyTorch default
+MLP c_proj (4D -> D), per layer                     N(0, D^-0.5 * (2n)^-0.5), bias PyTorch default
+text projection                                     N(0, D^-0.5)
+attention pool q/k/v/c_proj weights                 N(0, C^-0.5), biases PyTorch default
+attention pool positional embedding                 N(0, 1) * C^-0.5
+last BatchNorm (bn3) gain of every bottleneck       0 (each residual branch starts as zero)
+other convolutions, BatchNorm, LayerNorm            PyTorch defaults
+==================================================  ===============================
+
+The Hugging Face text towers (``text_model`` other than builtin) keep their library's own initialization.
 """
 
 from __future__ import annotations
@@ -47,7 +67,8 @@ class CLIPConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     """Initial log(1/temperature)."""
     max_logit_scale: float = math.log(100.0)
-    """The learnable log(1/temperature) is clamped to at most this (CLIP: 100)."""
+    """Upper bound of the learnable log(1/temperature): the trainer clamps the parameter to [0, this] after every
+    optimizer step (open_clip: ln 100)."""
 
     def __post_init__(self) -> None:
         if self.image_size % 32:
@@ -140,6 +161,16 @@ class ModifiedResNet(nn.Module):
         self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
         self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+        self.init_parameters()
+
+    def init_parameters(self) -> None:
+        """open_clip's ``ModifiedResNet.init_parameters`` (see the module docstring)."""
+        std = self.attnpool.c_proj.in_features**-0.5
+        for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
+            nn.init.normal_(proj.weight, std=std)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                nn.init.zeros_(block.bn3.weight)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         layers = [Bottleneck(self._inplanes, planes, stride)]
@@ -167,6 +198,30 @@ class TextTransformer(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.ln_final = nn.LayerNorm(cfg.text_width)
         self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        self.init_parameters()
+
+    def init_parameters(self) -> None:
+        """open_clip's ``TextTransformer.init_parameters`` (see the module docstring), every layer drawn anew.
+
+        ``nn.TransformerEncoder`` deep-copies one layer, so all layers start identical: each is re-drawn here
+        (PyTorch's default for what open_clip leaves at its default, then open_clip's scales).
+        """
+        width, layers = self.ln_final.normalized_shape[0], len(self.transformer.layers)
+        attn_std = width**-0.5
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for block in self.transformer.layers:
+            for module in (block.linear1, block.linear2, block.norm1, block.norm2):
+                module.reset_parameters()
+            nn.init.normal_(block.self_attn.in_proj_weight, std=attn_std)
+            nn.init.zeros_(block.self_attn.in_proj_bias)  # nn.MultiheadAttention's own bias init, as in open_clip
+            nn.init.normal_(block.self_attn.out_proj.weight, std=proj_std)
+            nn.init.zeros_(block.self_attn.out_proj.bias)
+            nn.init.normal_(block.linear1.weight, std=fc_std)  # open_clip's mlp.c_fc
+            nn.init.normal_(block.linear2.weight, std=proj_std)  # open_clip's mlp.c_proj
+        nn.init.normal_(self.text_projection.weight, std=width**-0.5)
 
     def forward(self, tokens_BL: torch.Tensor, eot_index_B: torch.Tensor) -> torch.Tensor:
         L = tokens_BL.shape[1]
@@ -206,7 +261,12 @@ class HFTextTower(nn.Module):
 
 
 class CLIP(nn.Module):
-    """Returns L2-normalized image and text embeddings and the clamped logit scale."""
+    """Returns L2-normalized image and text embeddings and the logit scale exp(``logit_scale``).
+
+    ``logit_scale`` is not clamped here: as in open_clip, the trainer clamps the parameter itself to
+    [0, ``max_logit_scale``] after every optimizer step (:meth:`Engine.clamp_param_`), so the gradient never
+    vanishes at the bound and the parameter cannot drift past it.
+    """
 
     def __init__(self, cfg: CLIPConfig) -> None:
         super().__init__()
@@ -224,8 +284,7 @@ class CLIP(nn.Module):
         return F.normalize(self.text(tokens_BL, eot_index_B), dim=-1)
 
     def scale(self) -> torch.Tensor:
-        # Clamped in the forward (not only in-place after steps) so gradients stop at the bound as in CLIP.
-        return self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
+        return self.logit_scale.exp()
 
     def forward(
         self, images_BCHW: torch.Tensor, tokens_BL: torch.Tensor, eot_index_B: torch.Tensor
