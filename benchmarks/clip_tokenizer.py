@@ -8,7 +8,8 @@ entries of CLIP's vocabulary (so the word caches see a realistic long tail), plu
 ``ascii`` (as such) and ``non_ascii`` (every caption gets a curly apostrophe, an accented word and an entity, so
 each takes ftfy's full path). Each tokenizer packs all captions of a set to [N, 77] in batches of 256, best of
 ``--repeats`` runs (other load only slows a run down). The Hugging Face tokenizer runs on one thread
-(``RAYON_NUM_THREADS=1``), as in a data-loader worker. Prints one line per (tokenizer, set); writes nothing.
+(``RAYON_NUM_THREADS=1``), as in a data-loader worker. Prints one line per (tokenizer, set) and writes
+benchmarks/results/clip_tokenizer.json (captions/s per tokenizer and set, and ours / open_clip's in the same run).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # read when the tokenizers thread pool starts
@@ -27,6 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from framework.data.tokenizer import build_tokenizer  # noqa: E402
+from framework.trainers.common import (  # noqa: E402
+    DirtyTreeError,
+    check_results_path,
+    environment_info,
+    git_commit,
+    write_result,
+)
 
 TEMPLATES = [
     "a {} {} on the {}",
@@ -87,7 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-captions", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--vocab-path", default=None, help="default: the file shipped with open_clip")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "clip_tokenizer.json"))
     args = ap.parse_args(argv)
+    try:
+        check_results_path(args.out)
+    except DirtyTreeError as e:
+        ap.error(str(e))
 
     ours = build_tokenizer("clip_bpe", 77, args.vocab_path)
     vocab_path = args.vocab_path or getattr(ours, "vocab_path", None)
@@ -97,11 +111,25 @@ def main(argv: list[str] | None = None) -> None:
     reference = _open_clip_tokenize()
     if reference is not None:
         tokenizers["open_clip tokenize"] = reference
+    rates: dict[str, dict[str, float]] = {}
     for non_ascii in (False, True):
         captions = make_captions(args.num_captions, str(vocab_path), non_ascii=non_ascii)
+        kind = "non_ascii" if non_ascii else "ascii"
         for name, fn in tokenizers.items():
             rate = captions_per_second(fn, captions, args.repeats)
-            print(f"{name:22s} {'non_ascii' if non_ascii else 'ascii':9s} {rate:10,.0f} captions/s")
+            rates.setdefault(name, {})[kind] = rate
+            print(f"{name:22s} {kind:9s} {rate:10,.0f} captions/s")
+    ratio = {
+        kind: rates["scalefirst clip_bpe"][kind] / rates["open_clip tokenize"][kind]
+        for kind in ("ascii", "non_ascii")
+        if "open_clip tokenize" in rates
+    }
+    write_result(args.out, {
+        "benchmark": "clip_tokenizer", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "num_captions": args.num_captions,
+        "repeats": args.repeats, "captions_per_s": rates, "ratio_vs_open_clip": ratio, "git_commit": git_commit(REPO),
+        "env": environment_info(),
+    })  # fmt: skip
 
 
 if __name__ == "__main__":
