@@ -30,14 +30,17 @@ def _clip_paths(cfg: Any) -> dict[str, Callable[[], object]]:
     if cfg.data.val_shards is not None:
         checks["data.val_shards"] = lambda: expand_shards(cfg.data.val_shards)
     if cfg.data.tokenizer == "clip_bpe":
-        checks["data.vocab_path"] = lambda: _existing_file(cfg.data.vocab_path)
+        checks["data.vocab_path"] = lambda: _vocab_file(cfg.data.vocab_path)
     return checks
 
 
-def _existing_file(path: str) -> Path:
-    if not Path(path).is_file():
+def _vocab_file(vocab_path: str | None) -> Path:
+    from framework.data.clip_bpe import resolve_vocab_path
+
+    path = resolve_vocab_path(vocab_path)  # None: the file open-clip-torch ships
+    if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    return Path(path)
+    return path
 
 
 DATA_PATH_CHECKS: dict[str, Callable[[Any], dict[str, Callable[[], object]]]] = {

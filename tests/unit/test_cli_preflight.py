@@ -40,7 +40,10 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     ("argv", "fragments"),
     [
         (["train", "--config", DEMO, "model.embeding_dim=8"], ["unknown key 'model.embeding_dim'", "<command line>"]),
-        (["train", "--config", DEMO, "train.global_batch_size=abc"], ["train.global_batch_size: expected int", "<command line>"]),
+        (
+            ["train", "--config", DEMO, "train.global_batch_size=abc"],
+            ["train.global_batch_size: expected int", "<command line>"],
+        ),
         (["train", "--config", DEMO, "model.attention_backend=triton"], ["model.attention_backend='triton'"]),
         (["train", "--config", "no/such.yaml"], ["config file not found: "]),
         (["demo", "--run-dir", "unused", "model.num_heads=3"], ["not divisible by num_heads=3"]),
@@ -90,3 +93,17 @@ def test_valid_config_launches(tmp_path: Path, launches: list[tuple], capsys: py
     assert len(launches) == 1
     assert launches[0][0][:3] == (2, DEMO, ["train.max_steps=3"])
     assert capsys.readouterr().err == ""
+
+
+def test_clip_bpe_vocabulary_default_and_missing(
+    tmp_path: Path, launches: list[tuple], capsys: pytest.CaptureFixture[str]
+) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "000000.tar").write_bytes(b"")
+    base = ["train", "--config", CLIP, f"data.train_shards={shards}", "data.val_shards=null", "data.tokenizer=clip_bpe",
+            "model.vocab_size=49408"]  # fmt: skip
+    assert main(base) == 0  # no vocab_path: the file open-clip-torch ships (installed by launch/setup.sh)
+    assert main([*base, f"data.vocab_path={tmp_path / 'nope.txt.gz'}"]) == 2
+    assert "data.vocab_path: file not found: " in one_error_line(capsys)
+    assert len(launches) == 1
