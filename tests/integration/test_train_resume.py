@@ -65,6 +65,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_directory_contents(uninterrupted: Path) -> None:
     metrics = json.loads((uninterrupted / "metrics.json").read_text())
     assert metrics["steps"] == 12 and metrics["world_size"] == 2
+    # 12 steps are a plumbing check, not a learning one: tests/integration/test_ranking_learns.py has the AUC bar.
     assert 0.0 < metrics["test"]["like/auc"] < 1.0 and metrics["test"]["num_examples"] > 0
     assert set(metrics["collisions"]) == {"item", "user"}
     assert (uninterrupted / "config.yaml").is_file()
