@@ -110,6 +110,9 @@ def read_env(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world_size, local_rank, local_world_size, dev, backend)
 
 
+_PORT_ATTEMPTS = 5
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
     """Read the environment and create the default process group (idempotent)."""
     env = read_env(device)
@@ -117,16 +120,28 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
         torch.cuda.set_device(env.device)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            if env.world_size > 1:
-                raise RuntimeError("WORLD_SIZE>1 but MASTER_PORT is unset: launch with torchrun")
-            os.environ["MASTER_PORT"] = str(free_port())
-        dist.init_process_group(
-            backend=env.backend,
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        own_port = "MASTER_PORT" not in os.environ
+        if own_port and env.world_size > 1:
+            raise RuntimeError("WORLD_SIZE>1 but MASTER_PORT is unset: launch with torchrun")
+        for attempt in range(_PORT_ATTEMPTS):
+            if own_port:
+                os.environ["MASTER_PORT"] = str(free_port())
+            try:
+                dist.init_process_group(
+                    backend=env.backend,
+                    rank=env.rank,
+                    world_size=env.world_size,
+                    timeout=datetime.timedelta(seconds=timeout_s),
+                )
+                break
+            except dist.DistNetworkError as e:
+                # A port we picked ourselves (world of one) can be taken by another process between free_port()
+                # and the store's listen(): pick another. A port the launcher chose is not ours to change.
+                if not own_port or "EADDRINUSE" not in str(e) or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                logger.warning(
+                    "port %s was taken before the store listened on it; trying another", os.environ["MASTER_PORT"]
+                )
         if env.is_main:
             logger.info(
                 "initialized %s process group: world_size=%d device=%s", env.backend, env.world_size, env.device
