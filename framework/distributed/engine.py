@@ -120,8 +120,9 @@ class Engine(Protocol):
         e.g. right after :meth:`step` returned True. Returns whether anything changed (the same on every rank)."""
         ...
 
-    def save(self, root: str | Path, client_state: Any) -> Path:
-        """Collective. Commit ``root/step_{global_step:08d}`` atomically with this rank's ``client_state``."""
+    def save(self, root: str | Path, client_state: Any, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Collective. Commit ``root/step_{global_step:08d}`` atomically with this rank's ``client_state``
+        (and ``extra_meta`` in meta.json)."""
         ...
 
     def load(self, root_or_dir: str | Path) -> Any | None:
