@@ -23,3 +23,15 @@ def ml100k_dir() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for in-process training: on a shared 2-core machine OpenMP's spinning threads make a
+    run several times slower (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -111,6 +111,8 @@ def read_env(device: str = "auto") -> DistEnv:
 
 
 _PORT_ATTEMPTS = 5
+_SET_BY_US: set[str] = set()
+"""Rendezvous variables a world of one set for itself (removed again by :func:`destroy_distributed`)."""
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
@@ -119,8 +121,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            _SET_BY_US.add("MASTER_ADDR")
         own_port = "MASTER_PORT" not in os.environ
+        if own_port:
+            _SET_BY_US.add("MASTER_PORT")
         if own_port and env.world_size > 1:
             raise RuntimeError("WORLD_SIZE>1 but MASTER_PORT is unset: launch with torchrun")
         for attempt in range(_PORT_ATTEMPTS):
@@ -150,5 +156,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
 
 
 def destroy_distributed() -> None:
+    """Destroy the default process group and unset the rendezvous variables :func:`init_distributed` set itself,
+    so a later subprocess (or a second world of one) does not inherit a port that is still, or again, in use."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    while _SET_BY_US:
+        os.environ.pop(_SET_BY_US.pop(), None)

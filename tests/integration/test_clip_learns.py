@@ -38,6 +38,7 @@ from framework.config import load_job_config
 from framework.data.offline_images import COLORS, SHAPES, ZEROSHOT_TEMPLATES, build_demo_dataset
 from framework.data.shards import write_shards
 from framework.data.tokenizer import build_tokenizer
+from framework.distributed.env import TORCHRUN_VARS
 from framework.evaluation.clip_eval import zero_shot_eval
 from framework.models.clip.model import CLIP
 from framework.trainers.clip import load_trained_clip
@@ -83,7 +84,9 @@ def runs(data: dict[str, Path], request: pytest.FixtureRequest) -> dict[str, Pat
     wanted = {"trained": data["shards"]}
     if any(item.name == "test_shuffled_captions_fail_the_bar" for item in request.session.items):
         wanted["shuffled"] = data["shards_shuffled"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # OpenMP threads spinning on a shared 2-core machine: 4x slower
+    # Each run is a world of one that picks its own port: no rendezvous variable inherited from this process.
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env["OMP_NUM_THREADS"] = "1"  # OpenMP threads spinning on a shared 2-core machine: 4x slower
     procs, run_dirs = {}, {}
     try:
         for name, shards in wanted.items():
@@ -103,12 +106,7 @@ def runs(data: dict[str, Path], request: pytest.FixtureRequest) -> dict[str, Pat
     return run_dirs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def zero_shot_top1(model: torch.nn.Module, tokenizer, image_size: int, zeroshot: Path) -> dict[str, float]:

@@ -45,13 +45,7 @@ OVERRIDES = [
 AUC_BAR = 0.64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads make a run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_auc(tmp_path: Path, *extra: str) -> dict:
