@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/clip_loader.py --num-images 64 --batches 2 --out /tmp/x.json   # smoke test
 
 Data: ``--num-images`` synthetic JPEGs (smooth colour fields + texture + noise, quality 95 as img2dataset
-encodes; about the size of real photos at that resolution) written with :func:`framework.data.shards.write_shards`.
+encodes; about the size of real photos at that resolution) written with :func:`framework.data.clip.shards.write_shards`.
 The default 256x256 is what img2dataset stores for CC3M with its defaults (``image_size=256``,
 ``resize_mode=border``); ``--source-size`` tries others (e.g. 400x300 for larger originals).
 
@@ -43,10 +43,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from framework.config.schema import ClipDataConfig  # noqa: E402
-from framework.data.clip_loader import _read_shards, build_clip_loader, expand_shards  # noqa: E402
-from framework.data.image_ops import decode_image, normalize_BHWC, preprocess_uint8  # noqa: E402
-from framework.data.shards import write_shards  # noqa: E402
-from framework.data.tokenizer import ByteTokenizer  # noqa: E402
+from framework.data.clip.image_ops import decode_image, normalize_BHWC, preprocess_uint8  # noqa: E402
+from framework.data.clip.loader import _read_shards, build_clip_loader, expand_shards  # noqa: E402
+from framework.data.clip.shards import write_shards  # noqa: E402
+from framework.data.clip.tokenizer import ByteTokenizer  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
     DirtyTreeError,
     check_results_path,

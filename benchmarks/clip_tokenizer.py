@@ -28,7 +28,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")  # read when the tokenizers thre
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from framework.data.tokenizer import build_tokenizer  # noqa: E402
+from framework.data.clip.tokenizer import build_tokenizer  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
     DirtyTreeError,
     check_results_path,

@@ -76,8 +76,8 @@ def train_run(args: argparse.Namespace, name: str, nproc: int, overrides: list[s
 
 
 def baselines(data_path: str, protocol: str, holdout: str, cs: tuple[float, ...]) -> dict[str, Any]:
-    from framework.data.movielens import load_movielens
-    from framework.data.ranking import RankingData
+    from framework.data.ranking.batches import RankingData
+    from framework.data.ranking.movielens import load_movielens
     from framework.evaluation.ranking_baselines import item_rate, logreg
 
     data = RankingData(load_movielens(data_path), formulation="icr", max_item_hist=1, split=protocol, holdout=holdout)

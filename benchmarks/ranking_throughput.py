@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from framework.config import load_job_config  # noqa: E402
-from framework.data.ranking import RankingData  # noqa: E402
+from framework.data.ranking.batches import RankingData  # noqa: E402
 from framework.distributed.torchrec_sharding import (  # noqa: E402
     SPARSE_PREFIX,
     dense_optimizer_factory,

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 from framework.config.schema import ClipOptimConfig, EngineConfig  # noqa: E402
 from framework.distributed.collectives import gather_features  # noqa: E402
-from framework.distributed.engine import Engine, build_engine  # noqa: E402
+from framework.distributed.engine import Engine  # noqa: E402
+from framework.distributed.engine_factory import build_engine  # noqa: E402
 from framework.distributed.env import read_env  # noqa: E402
 from framework.distributed.spawn import run_multiprocess  # noqa: E402
 from framework.losses.contrastive import RankCLIPLossConfig, clip_loss, rankclip_loss  # noqa: E402

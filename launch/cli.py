@@ -118,7 +118,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_make_shards(args: argparse.Namespace) -> int:
-    from framework.data.shards import write_shards
+    from framework.data.clip.shards import write_shards
 
     shards = write_shards(args.images, args.captions, args.out, samples_per_shard=args.samples_per_shard)
     print(f"wrote {len(shards)} shard(s) to {args.out}")
@@ -136,7 +136,7 @@ def evaluate_run(
     max_pairs: int,
 ) -> dict:
     """Evaluate the final model of a clip run (single process); writes eval.json (+ modality_gap.png)."""
-    from framework.data.clip_loader import read_pairs
+    from framework.data.clip.loader import read_pairs
     from framework.evaluation import evaluate_clip
     from framework.trainers.clip import load_trained_clip
 
@@ -169,8 +169,8 @@ def cmd_eval_clip(args: argparse.Namespace) -> int:
 
 def cmd_demo_clip(args: argparse.Namespace) -> int:
     """Offline images -> shards -> CLIP and RankCLIP (same seed, steps, batches) -> one evaluation table."""
-    from framework.data.offline_images import build_demo_dataset
-    from framework.data.shards import write_shards
+    from framework.data.clip.offline_images import build_demo_dataset
+    from framework.data.clip.shards import write_shards
     from framework.evaluation import format_eval_table
     from launch.preflight import validate_job
 

@@ -18,13 +18,13 @@ from framework.config.loader import key_source
 def _ranking_paths(cfg: Any) -> dict[str, Callable[[], object]]:
     if cfg.data.source != "movielens":
         return {}
-    from framework.data.movielens import resolve_ratings_file
+    from framework.data.ranking.movielens import resolve_ratings_file
 
     return {"data.path": lambda: resolve_ratings_file(Path(cfg.data.path), cfg.data.format)}
 
 
 def _clip_paths(cfg: Any) -> dict[str, Callable[[], object]]:
-    from framework.data.clip_loader import expand_shards
+    from framework.data.clip.loader import expand_shards
 
     checks: dict[str, Callable[[], object]] = {"data.train_shards": lambda: expand_shards(cfg.data.train_shards)}
     if cfg.data.val_shards is not None:
@@ -35,7 +35,7 @@ def _clip_paths(cfg: Any) -> dict[str, Callable[[], object]]:
 
 
 def _vocab_file(vocab_path: str | None) -> Path:
-    from framework.data.clip_bpe import resolve_vocab_path
+    from framework.data.clip.bpe import resolve_vocab_path
 
     path = resolve_vocab_path(vocab_path)  # None: the file open-clip-torch ships
     if not path.is_file():

@@ -250,7 +250,7 @@ class ClipDataConfig:
         if self.shuffle_buffer < 0 or self.workers < 0:
             raise ValueError(f"shuffle_buffer and workers must be >= 0, got {self.shuffle_buffer}, {self.workers}")
         if self.tokenizer == "clip_bpe" and not self.vocab_path:
-            from framework.data.clip_bpe import resolve_vocab_path
+            from framework.data.clip.bpe import resolve_vocab_path
 
             resolve_vocab_path(None)  # raises (naming data.vocab_path) when open-clip-torch is missing too
         if self.max_bad_samples is not None and self.max_bad_samples < 0:

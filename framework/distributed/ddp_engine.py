@@ -3,7 +3,7 @@
 The comparison baseline for the DeepSpeed engine: every rank holds the whole model, its gradients and both AdamW
 moments. Gradient accumulation skips the all-reduce on non-boundary micro-batches (``no_sync``); bf16/fp16 run the
 forward under ``torch.autocast`` with fp32 parameters (fp16 adds a ``GradScaler``). Build it with
-:func:`framework.distributed.engine.build_engine` (``engine.backend=ddp``).
+:func:`framework.distributed.engine_factory.build_engine` (``engine.backend=ddp``).
 """
 
 from __future__ import annotations

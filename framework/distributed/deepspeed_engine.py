@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO 0-3 behind the :class:`~framework.distributed.engine.Engine` interface.
 
 The only module of the project that imports ``deepspeed`` (lazily, when an engine is built, so that importing the
-framework never probes accelerators). Build it with :func:`framework.distributed.engine.build_engine`
+framework never probes accelerators). Build it with :func:`framework.distributed.engine_factory.build_engine`
 (``engine.backend=deepspeed``).
 
 What DeepSpeed gets (:func:`deepspeed_config`): the micro-batch size, gradient accumulation, ZeRO stage, gradient

@@ -5,8 +5,8 @@ Legend: N = images or pairs, C = classes, T = prompt templates, E = shared embed
 
 The model is anything with ``encode_image(images_BCHW)`` and ``encode_text(tokens_BL, eot_index_B)`` returning
 L2-normalized embeddings (:class:`framework.models.clip.CLIP`); the tokenizer returns a ``TokenBatch``
-(:mod:`framework.data.tokenizer`). Images are preprocessed as at eval time in training
-(:func:`framework.data.image_ops.preprocess` with ``train=False``: shorter side resized, centre crop, CLIP mean/std).
+(:mod:`framework.data.clip.tokenizer`). Images are preprocessed as at eval time in training
+(:func:`framework.data.clip.image_ops.preprocess` with ``train=False``: shorter side resized, centre crop, CLIP mean/std).
 Embedding runs batched, without grad, in eval mode (BatchNorm running stats) on the model's device and dtype; the
 model's train/eval mode is restored afterwards and features come back as float32 on the CPU.
 
@@ -15,7 +15,7 @@ folders, prompt ensembles), the logistic-regression probe, the modality-gap figu
 
 Example::
 
-    from framework.data.tokenizer import ByteTokenizer
+    from framework.data.clip.tokenizer import ByteTokenizer
     from framework.evaluation import evaluate_clip, format_eval_table
 
     res = evaluate_clip(model, ByteTokenizer(77), 224, out_dir="runs/eval/clip", name="CLIP",
@@ -40,9 +40,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm import tqdm
 
-from framework.data.image_ops import decode_image, preprocess
-from framework.data.interactions import DataFormatError
-from framework.data.tokenizer import Tokenizer, clean_caption
+from framework.data.clip.image_ops import decode_image, preprocess
+from framework.data.clip.tokenizer import Tokenizer, clean_caption
+from framework.data.errors import DataFormatError
 from framework.metrics.clip import (
     alignment,
     modality_gap,

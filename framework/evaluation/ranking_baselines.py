@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from framework.data.ranking import RankingData
+from framework.data.ranking.batches import RankingData
 from framework.metrics.ranking import auc, nce
 
 

@@ -28,11 +28,13 @@ from framework.checkpoint.dcp import Checkpointer, save_atomic
 from framework.checkpoint.resume import check_resume_config
 from framework.config import load_job_config, to_dict
 from framework.config.schema import ClipJobConfig, ClipLossConfig
-from framework.data.clip_loader import ClipBatch, build_clip_loader
-from framework.data.tokenizer import Tokenizer, build_tokenizer
+from framework.data.clip.loader import ClipBatch, build_clip_loader
+from framework.data.clip.tokenizer import Tokenizer, build_tokenizer
 from framework.distributed.collectives import gather_features, local_rows
-from framework.distributed.engine import Engine, build_engine, resolve_checkpoint
+from framework.distributed.engine import Engine, resolve_checkpoint
+from framework.distributed.engine_factory import build_engine
 from framework.distributed.env import init_distributed
+from framework.io import write_json_atomic
 from framework.losses.contrastive import RankCLIPLossConfig, rankclip_loss
 from framework.models.clip.model import CLIP
 from framework.trainers.common import (
@@ -41,7 +43,6 @@ from framework.trainers.common import (
     environment_info,
     git_commit,
     open_run_dir,
-    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from framework.config import save_config
+from framework.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,14 +86,6 @@ def write_result(out: str | Path, payload: Mapping[str, Any]) -> None:
     """:func:`check_results_path`, then :func:`write_json_atomic`: how benchmarks write their JSON."""
     check_results_path(out)
     write_json_atomic(out, payload)
-
-
-def write_json_atomic(path: str | Path, payload: Mapping[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def open_run_dir(cfg: Any, is_main: bool) -> Path:

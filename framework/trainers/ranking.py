@@ -24,12 +24,13 @@ from framework.checkpoint.dcp import Checkpointer
 from framework.checkpoint.resume import check_resume_config
 from framework.config import to_dict
 from framework.config.schema import DataConfig, RankingJobConfig
-from framework.data.interactions import Interactions
-from framework.data.movielens import load_movielens
-from framework.data.ranking import RankingBatch, RankingData
-from framework.data.synthetic import generate_synthetic
+from framework.data.ranking.batches import RankingBatch, RankingData
+from framework.data.ranking.interactions import Interactions
+from framework.data.ranking.movielens import load_movielens
+from framework.data.ranking.synthetic import generate_synthetic
 from framework.distributed.env import DistEnv, init_distributed
 from framework.distributed.torchrec_sharding import ShardedModel, shard_model
+from framework.io import write_json_atomic
 from framework.metrics.ranking import RankingMetrics
 from framework.models.ranking.model import build_ranking_model
 from framework.trainers.common import (
@@ -39,7 +40,6 @@ from framework.trainers.common import (
     environment_info,
     git_commit,
     open_run_dir,
-    write_json_atomic,
 )
 
 logger = logging.getLogger(__name__)

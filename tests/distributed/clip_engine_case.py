@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
 from framework.distributed.collectives import gather_features
-from framework.distributed.engine import Engine, build_engine, build_lr_scheduler, build_optimizer
+from framework.distributed.engine import Engine, build_lr_scheduler, build_optimizer
+from framework.distributed.engine_factory import build_engine
 from framework.distributed.env import read_env
 from framework.losses.contrastive import RankCLIPLossConfig, rankclip_loss
 from framework.models.clip.model import CLIP, tiny_clip_config

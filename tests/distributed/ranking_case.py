@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from framework.config.schema import OptimConfig
-from framework.data.ranking import RankingBatch, RankingData
-from framework.data.synthetic import generate_synthetic
+from framework.data.ranking.batches import RankingBatch, RankingData
+from framework.data.ranking.synthetic import generate_synthetic
 from framework.distributed.torchrec_sharding import dense_optimizer_factory, sparse_optimizer_spec
 from framework.models.ranking.model import RankingModel
 from framework.trainers.ranking import loss_fn

@@ -17,7 +17,8 @@ import torch
 from clip_engine_case import DS_OVERRIDES, GLOBAL_BATCH, Run, global_batch, make_model, part_rows
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
-from framework.distributed.engine import Engine, build_engine
+from framework.distributed.engine import Engine
+from framework.distributed.engine_factory import build_engine
 from framework.distributed.env import read_env
 from framework.distributed.spawn import run_multiprocess
 

@@ -51,7 +51,8 @@ from clip_engine_case import (
 )
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
-from framework.distributed.engine import build_engine, lr_multiplier, param_groups
+from framework.distributed.engine import lr_multiplier, param_groups
+from framework.distributed.engine_factory import build_engine
 from framework.distributed.env import DistEnv
 from framework.distributed.spawn import run_multiprocess
 

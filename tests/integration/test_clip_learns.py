@@ -35,9 +35,9 @@ import pytest
 import torch
 
 from framework.config import load_job_config
-from framework.data.offline_images import COLORS, SHAPES, ZEROSHOT_TEMPLATES, build_demo_dataset
-from framework.data.shards import write_shards
-from framework.data.tokenizer import build_tokenizer
+from framework.data.clip.offline_images import COLORS, SHAPES, ZEROSHOT_TEMPLATES, build_demo_dataset
+from framework.data.clip.shards import write_shards
+from framework.data.clip.tokenizer import build_tokenizer
 from framework.distributed.env import TORCHRUN_VARS
 from framework.evaluation.clip_eval import zero_shot_eval
 from framework.models.clip.model import CLIP

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.data.offline_images import build_demo_dataset
-from framework.data.shards import write_shards
+from framework.data.clip.offline_images import build_demo_dataset
+from framework.data.clip.shards import write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "clip" / "demo.yaml"

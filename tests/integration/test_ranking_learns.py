@@ -1,6 +1,6 @@
 """The ranking trainer learns the synthetic world's signal, and the AUC bar has teeth (in process, world size 1).
 
-Data: ``generate_synthetic`` (framework/data/synthetic.py) with one task: label ~ Bernoulli(sigmoid(4 <u, v> - 0.5))
+Data: ``generate_synthetic`` (framework/data/ranking/synthetic.py) with one task: label ~ Bernoulli(sigmoid(4 <u, v> - 0.5))
 for latent user/item factors u, v, and items picked with probability ∝ popularity x exp(2 <u, v>), so a user's
 positive items (the item-centric list) and an item's positive users (the user-centric list) carry the signal.
 600 users, 300 items, 20,000 events, chronological split: the last 20% (4,000 examples) are the held-out test.
@@ -29,8 +29,8 @@ import torch
 
 import framework.trainers.ranking as ranking_trainer
 from framework.config import load_job_config
-from framework.data.interactions import Interactions, split_indices
-from framework.data.synthetic import generate_synthetic_world
+from framework.data.ranking.interactions import Interactions, split_indices
+from framework.data.ranking.synthetic import generate_synthetic_world
 from framework.metrics.ranking import auc
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from framework.data.image_ops import CLIP_MEAN, CLIP_STD, decode_image, preprocess
-from framework.data.interactions import DataFormatError
-from framework.data.offline_images import COLORS, build_demo_dataset
-from framework.data.shards import read_captions
-from framework.data.tokenizer import ByteTokenizer
+from framework.data.clip.image_ops import CLIP_MEAN, CLIP_STD, decode_image, preprocess
+from framework.data.clip.offline_images import COLORS, build_demo_dataset
+from framework.data.clip.shards import read_captions
+from framework.data.clip.tokenizer import ByteTokenizer
+from framework.data.errors import DataFormatError
 from framework.evaluation.clip_eval import (
     ImageFolderDataset,
     embed_images,

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from framework.config.schema import ClipDataConfig
-from framework.data import clip_loader
-from framework.data.clip_loader import (
+from framework.data.clip import loader as clip_loader
+from framework.data.clip.image_ops import decode_image, preprocess
+from framework.data.clip.loader import (
     BadSampleBudgetExceeded,
     ClipBatch,
     ClipLoader,
@@ -27,8 +28,7 @@ from framework.data.clip_loader import (
     expand_shards,
     read_pairs,
 )
-from framework.data.image_ops import decode_image, preprocess
-from framework.data.shards import write_shards
+from framework.data.clip.shards import write_shards
 
 IMAGE_SIZE = 32
 BATCH = 4
@@ -242,7 +242,7 @@ def test_read_pairs_for_evaluation(bad_dir: Path, caplog: pytest.LogCaptureFixtu
     members = dict(_members(bad_dir / "00000.tar"))
     expected = preprocess(decode_image(members["000000002.jpg"], IMAGE_SIZE), IMAGE_SIZE, train=False)
     torch.testing.assert_close(images[2], expected)
-    with caplog.at_level(logging.WARNING, logger="framework.data.clip_loader"):
+    with caplog.at_level(logging.WARNING, logger="framework.data.clip.loader"):
         images, captions = read_pairs(str(bad_dir), image_size=IMAGE_SIZE)
     assert images.shape == (35, 3, IMAGE_SIZE, IMAGE_SIZE) and len(captions) == 35
     assert "a photo number 13" not in captions  # 000010003: no caption member
@@ -254,7 +254,7 @@ def test_read_pairs_for_evaluation(bad_dir: Path, caplog: pytest.LogCaptureFixtu
 
 def test_bad_samples_dropped_counted_and_logged(bad_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     loader = _loader(_cfg(bad_dir, max_bad_samples=None), train=False, single_pass=True)
-    with caplog.at_level(logging.WARNING, logger="framework.data.clip_loader"):
+    with caplog.at_level(logging.WARNING, logger="framework.data.clip.loader"):
         keys = _keys(list(loader))
     assert len(keys) == 35 and not set(keys) & set(BAD_KEYS)
     assert loader.stats() == {"seen": 40, "bad": 5, "bad_by_reason": dict(Counter(BAD_KEYS.values()))}
@@ -266,7 +266,7 @@ def test_bad_samples_dropped_counted_and_logged(bad_dir: Path, caplog: pytest.Lo
 
 def test_bad_sample_logging_is_rate_limited(bad_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     loader = _loader(_cfg(bad_dir, max_bad_samples=None, max_bad_fraction=1.0))
-    with caplog.at_level(logging.WARNING, logger="framework.data.clip_loader"):
+    with caplog.at_level(logging.WARNING, logger="framework.data.clip.loader"):
         _take(loader, 4 * 35 // BATCH)  # about 4 passes: 20 bad samples
     assert loader.stats()["bad"] >= 15
     assert len(caplog.records) == clip_loader.LOG_FIRST_BAD
@@ -357,7 +357,7 @@ def test_resume_with_other_worker_count_starts_next_epoch(shard_dir: Path, caplo
         _take(first, first.batches_per_epoch + 3)
         state = first.state_dict()
     assert state["epoch"] == 1
-    with caplog.at_level(logging.WARNING, logger="framework.data.clip_loader"):
+    with caplog.at_level(logging.WARNING, logger="framework.data.clip.loader"):
         second = _loader(_cfg(shard_dir, workers=2), state=state)
     assert any("different workers" in r.getMessage() for r in caplog.records)
     assert second.epoch == 2 and second.batches_yielded == 2 * second.batches_per_epoch

@@ -23,8 +23,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framework.data.clip_bpe import ClipBPETokenizer, clip_clean, default_vocab_path
-from framework.data.tokenizer import build_tokenizer
+from framework.data.clip.bpe import ClipBPETokenizer, clip_clean, default_vocab_path
+from framework.data.clip.tokenizer import build_tokenizer
 
 CONTEXT = 77
 

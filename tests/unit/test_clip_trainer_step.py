@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
-from framework.data.clip_loader import ClipBatch
-from framework.distributed.engine import Engine, build_engine
+from framework.data.clip.loader import ClipBatch
+from framework.distributed.engine import Engine
+from framework.distributed.engine_factory import build_engine
 from framework.distributed.env import destroy_distributed, free_port, init_distributed
 from framework.losses.contrastive import RankCLIPLossConfig
 from framework.models.clip.model import CLIP, tiny_clip_config

@@ -87,3 +87,14 @@ def test_declared_ranges_admit_the_pinned_versions() -> None:
         elif not req.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{name}: pin {pins[name]} is outside the declared range {req.specifier}")
     assert not problems, "\n".join(problems)
+
+
+def test_every_framework_package_is_listed() -> None:
+    """A non-editable install ships only the packages pyproject.toml names: a new sub-package must be listed."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for top in ("framework", "launch")
+        for p in (REPO / top).rglob("__init__.py")
+    }
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from framework.data.hashing import CollisionStats, IdMapper, collision_stats, hash_ids
+from framework.data.ranking.hashing import CollisionStats, IdMapper, collision_stats, hash_ids
 
 _M64 = (1 << 64) - 1
 

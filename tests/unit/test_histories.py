@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from framework.data.interactions import Interactions
-from framework.data.ranking import RankingData, time_bucket
-from framework.data.synthetic import generate_synthetic
+from framework.data.ranking.batches import RankingData, time_bucket
+from framework.data.ranking.interactions import Interactions
+from framework.data.ranking.synthetic import generate_synthetic
 
 A, B, C = 10, 20, 30
 X, Y, Z = 100, 200, 300

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.data.interactions import DataFormatError
-from framework.data.shards import write_shards
+from framework.data.clip.shards import write_shards
+from framework.data.errors import DataFormatError
 from launch.cli import main as cli_main
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from framework.data.interactions import DataFormatError, Interactions, split_indices
-from framework.data.movielens import load_movielens
+from framework.data.errors import DataFormatError
+from framework.data.ranking.interactions import Interactions, split_indices
+from framework.data.ranking.movielens import load_movielens
 
 # ---------------------------------------------------------------- real ml-100k
 

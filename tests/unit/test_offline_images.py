@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from framework.data.offline_images import (
+from framework.data.clip.offline_images import (
     COLORS,
     DIGIT_NAMES,
     PHOTO_CAPTIONS,
@@ -24,7 +24,7 @@ from framework.data.offline_images import (
     render_shapes,
     shape_samples,
 )
-from framework.data.shards import read_captions, write_shards
+from framework.data.clip.shards import read_captions, write_shards
 from framework.evaluation.clip_eval import load_labeled_root
 
 SIZE = 64

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from framework.data.interactions import Interactions
-from framework.data.movielens import load_movielens
-from framework.data.ranking import FEATURES_BY_FORMULATION, TABLES, RankingBatch, RankingData
-from framework.data.synthetic import generate_synthetic, generate_synthetic_world
+from framework.data.ranking.batches import FEATURES_BY_FORMULATION, TABLES, RankingBatch, RankingData
+from framework.data.ranking.interactions import Interactions
+from framework.data.ranking.movielens import load_movielens
+from framework.data.ranking.synthetic import generate_synthetic, generate_synthetic_world
 
 
 @pytest.fixture(scope="module")

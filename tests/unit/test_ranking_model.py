@@ -13,8 +13,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from framework.config.schema import ModelConfig
-from framework.data.ranking import RankingData
-from framework.data.synthetic import generate_synthetic
+from framework.data.ranking.batches import RankingData
+from framework.data.ranking.synthetic import generate_synthetic
 from framework.models.ranking.embeddings import TABLE_FEATURES
 from framework.models.ranking.model import RankingModel, build_ranking_model
 from framework.models.ranking.pooling import SumPooling, TargetedAttentionPooling

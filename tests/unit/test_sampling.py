@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from framework.data.hashing import stream_keys
-from framework.data.sampling import reservoir_sample, reservoir_sample_keyed, reservoir_sample_many
+from framework.data.ranking.hashing import stream_keys
+from framework.data.ranking.sampling import reservoir_sample, reservoir_sample_keyed, reservoir_sample_many
 
 
 def _algorithm_r(n: int, k: int, r_draws: np.ndarray) -> list[int]:

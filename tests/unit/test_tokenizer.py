@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from framework.config.schema import ClipDataConfig
-from framework.data import clip_bpe
-from framework.data.clip_bpe import ClipBPETokenizer, bytes_to_unicode, read_merges
-from framework.data.tokenizer import ByteTokenizer, build_tokenizer, pack
+from framework.data.clip import bpe as clip_bpe
+from framework.data.clip.bpe import ClipBPETokenizer, bytes_to_unicode, read_merges
+from framework.data.clip.tokenizer import ByteTokenizer, build_tokenizer, pack
 
 # ---------------------------------------------------------------------------------------------- byte tokenizer
 

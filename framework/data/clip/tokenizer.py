@@ -4,61 +4,19 @@
 vocabulary file, so it works offline and on any text; sequences are longer than with BPE.
 ``clip_bpe``: CLIP's byte-level BPE read from its merges file (``bpe_simple_vocab_16e6.txt.gz`` or a plain-text
 file in the same format; default: the copy in open-clip-torch), vocabulary 49408, the same ids as open_clip's
-``tokenize``; see :mod:`framework.data.clip_bpe`.
+``tokenize``; see :mod:`framework.data.clip.bpe`.
 
 Cleaning: ``byte`` collapses whitespace, strips and lower-cases (:func:`clean_caption`); ``clip_bpe`` cleans as
-open_clip does (:func:`framework.data.clip_bpe.clip_clean`: ftfy and HTML unescaping first).
+open_clip does (:func:`framework.data.clip.bpe.clip_clean`: ftfy and HTML unescaping first).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
-import torch
+from framework.data.clip.text import TokenBatch, Tokenizer, clean_caption, pack
 
-_WS = re.compile(r"\s+")
-
-
-def clean_caption(text: str) -> str:
-    return _WS.sub(" ", text).strip().lower()
-
-
-@dataclass(frozen=True, slots=True)
-class TokenBatch:
-    tokens_BL: torch.Tensor
-    """Token ids, int64 [B, L], 0-padded after EOT."""
-    eot_index_B: torch.Tensor
-    """Position of EOT per row, int64 [B] (the text tower reads its output there)."""
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-    context_length: int
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of the cleaned text without SOT/EOT."""
-        ...
-
-    def __call__(self, texts: Sequence[str]) -> TokenBatch: ...
-
-
-def pack(ids: Sequence[Sequence[int]], sot: int, eot: int, context_length: int) -> TokenBatch:
-    """SOT + ids truncated to fit + EOT, 0-padded to ``context_length``."""
-    if context_length < 2:
-        raise ValueError(f"context_length must be >= 2 (SOT and EOT), got {context_length}")
-    rows: list[list[int]] = []
-    eot_index: list[int] = []
-    for row in ids:
-        seq = [sot, *row[: context_length - 2], eot]
-        eot_index.append(len(seq) - 1)
-        seq.extend([0] * (context_length - len(seq)))
-        rows.append(seq)
-    # One tensor from the nested list: a tensor per row costs more than the BPE of a short caption.
-    tokens = torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
-    return TokenBatch(tokens, torch.tensor(eot_index, dtype=torch.long))
+__all__ = ["ByteTokenizer", "TokenBatch", "Tokenizer", "build_tokenizer", "clean_caption", "pack"]
 
 
 class ByteTokenizer:
@@ -89,7 +47,7 @@ def build_tokenizer(kind: str, context_length: int, vocab_path: str | None = Non
     if kind == "byte":
         return ByteTokenizer(context_length)
     if kind == "clip_bpe":
-        from framework.data.clip_bpe import ClipBPETokenizer
+        from framework.data.clip.bpe import ClipBPETokenizer
 
         return ClipBPETokenizer(vocab_path, context_length)
     raise ValueError(f"unknown tokenizer {kind!r}; known: byte, clip_bpe")

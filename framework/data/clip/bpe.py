@@ -15,7 +15,7 @@ on a few hundred hazardous captions):
 3. Byte-level BPE of each piece: every UTF-8 byte mapped to a printable character (:func:`bytes_to_unicode`), the
    last one marked ``</w>``, pairs merged by rank. Done by Hugging Face ``tokenizers`` (a ``BPE`` model with
    ``end_of_word_suffix="</w>"`` behind a ``ByteLevel`` pre-tokenizer), fed the pieces of step 2.
-4. Packing (:func:`framework.data.tokenizer.pack`): SOT + ids + EOT, 0-padded; a caption longer than the context
+4. Packing (:func:`framework.data.clip.text.pack`): SOT + ids + EOT, 0-padded; a caption longer than the context
    keeps its first ``context_length - 2`` ids and ends with EOT (what open_clip's truncation gives).
 
 Why step 2 is not done by ``tokenizers`` too: its ``Split`` pre-tokenizer (Oniguruma, even with ``(?i)``) disagrees
@@ -45,7 +45,7 @@ import regex
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import models, pre_tokenizers
 
-from framework.data.tokenizer import TokenBatch, pack
+from framework.data.clip.text import TokenBatch, pack
 
 CLIP_NUM_MERGES = 49152 - 256 - 2  # merges CLIP reads: lines [1 : 49152 - 256 - 2 + 1]
 SOT_TOKEN, EOT_TOKEN = "<start_of_text>", "<end_of_text>"

@@ -14,7 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-from framework.data.interactions import DataFormatError, Interactions
+from framework.data.errors import DataFormatError
+from framework.data.ranking.interactions import Interactions
 
 MovieLensFormat = Literal["auto", "ml-100k", "ratings-csv"]
 

@@ -14,16 +14,10 @@ from typing import Literal
 
 import numpy as np
 
+from framework.data.errors import DataFormatError
+
 SplitMode = Literal["chronological", "random", "user"]
 SPLIT_MODES: tuple[str, ...] = ("chronological", "random", "user")
-
-
-class DataFormatError(ValueError):
-    """A data file (or in-memory log) does not have the expected format.
-
-    Raised for malformed rows in input files; the message names the file and the
-    1-based line number so that the offending row can be found directly.
-    """
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ the stream, and the result is exactly what the sequential algorithm produces
 from the same draws.
 
 :func:`reservoir_sample_keyed` draws stream s's ``r_j`` as output j of a counter-based generator keyed by
-``keys[s]`` (:func:`~framework.data.hashing.splitmix64`): a stream's sample depends on its key alone, not on
+``keys[s]`` (:func:`~framework.data.ranking.hashing.splitmix64`): a stream's sample depends on its key alone, not on
 which other streams share the call or in what order, so e.g. an example's UC-Sampling draw is the same whatever
 rank or batch builds it.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from framework.data.hashing import splitmix64
+from framework.data.ranking.hashing import splitmix64
 
 # Caps the temporary draw arrays of reservoir_sample_many (int64 elements): long lists
 # in a batch are processed in groups so memory stays bounded on ml-20m-sized items.
@@ -79,7 +79,7 @@ def reservoir_sample_keyed(ns: np.ndarray, k: int, keys: np.ndarray) -> np.ndarr
     Args:
         ns: int64 [S] stream lengths, each > k.
         k: reservoir size, > 0.
-        keys: uint64 [S] stream keys (e.g. :func:`~framework.data.hashing.stream_keys` of the example).
+        keys: uint64 [S] stream keys (e.g. :func:`~framework.data.ranking.hashing.stream_keys` of the example).
 
     Returns:
         int64 [S, k]: row s holds the sorted sampled indices of stream s.

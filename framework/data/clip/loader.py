@@ -71,8 +71,8 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from framework.config.schema import ClipDataConfig
-from framework.data.image_ops import decode_image, normalize_BHWC, preprocess_uint8
-from framework.data.tokenizer import Tokenizer, build_tokenizer
+from framework.data.clip.image_ops import decode_image, normalize_BHWC, preprocess_uint8
+from framework.data.clip.tokenizer import Tokenizer, build_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framework.data.interactions import Interactions
+from framework.data.ranking.interactions import Interactions
 
 LATENT_DIM = 8
 NUM_CLUSTERS = 6

@@ -53,7 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from framework.trainers.common import write_json_atomic
+from framework.io import write_json_atomic
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
 COLORS: dict[str, tuple[int, int, int]] = {

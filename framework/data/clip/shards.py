@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from framework.data.interactions import DataFormatError
+from framework.data.errors import DataFormatError
 
 IMAGE_COLUMNS = ("image", "filename", "file")
 

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from framework.data.hashing import CollisionStats, IdMapper, stream_keys
-from framework.data.interactions import Interactions, SplitMode, split_indices
-from framework.data.sampling import reservoir_sample_keyed
+from framework.data.ranking.hashing import CollisionStats, IdMapper, stream_keys
+from framework.data.ranking.interactions import Interactions, SplitMode, split_indices
+from framework.data.ranking.sampling import reservoir_sample_keyed
 
 TABLES: dict[str, tuple[str, str]] = {
     "item": ("target_item", "item_hist"),
