@@ -7,6 +7,7 @@ scalefirst export --checkpoint DIR --out FILE    sharded checkpoint -> plain sta
 scalefirst make-shards --images D --captions F --out D   image folder + captions -> WebDataset tar shards
 scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline images, prints the eval table
 scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]   evaluate a finished clip run
+scalefirst gen-logs --days 60 --out DIR [--num-users N ...]   synthetic day-partitioned production logs (Parquet)
 
 Training commands print the progress bar, the project's own log lines and the result table; each rank's full log
 (third-party INFO, known warnings) is appended to <run_dir>/log.txt. --verbose shows it all on the console too.
@@ -213,6 +214,38 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gen_logs(args: argparse.Namespace) -> int:
+    """Write ``--days`` days of the synthetic production world (framework/data/logs/generator.py)."""
+    import dataclasses
+    import datetime as dt
+    import time
+
+    from framework.data.logs.generator import WorldConfig, generate_logs
+
+    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig)}
+    knobs["start_day"] = dt.date.fromisoformat(knobs["start_day"])
+    cfg = WorldConfig(**knobs)
+    t0 = time.perf_counter()
+    days = generate_logs(args.out, args.days, cfg, progress=True)
+    seconds = time.perf_counter() - t0
+    print(f"gen-logs: {len(days)} days ({days[0]} .. {days[-1]}) under {args.out}, "
+          f"{cfg.events_per_day:,} events/day, {seconds:.1f} s")  # fmt: skip
+    return 0
+
+
+def add_world_knobs(p: argparse.ArgumentParser) -> None:
+    """One ``--knob`` per field of WorldConfig, defaults and help from it (kept in one place)."""
+    import dataclasses
+
+    from framework.data.logs.generator import WorldConfig
+
+    for f in dataclasses.fields(WorldConfig):
+        default = f.default
+        kind = str if f.name == "start_day" else type(default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=str(default)
+                       if f.name == "start_day" else default, help=f"default {default}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scalefirst", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -268,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--out", help="output folder (default: <run-dir>/eval)")
     q.add_argument("--name", help="row name in the table (default: run dir name)")
     q.set_defaults(fn=cmd_eval_clip)
+
+    p = sub.add_parser("gen-logs", help="synthetic production logs: day=YYYY-MM-DD/part-*.parquet")
+    p.add_argument("--days", type=int, required=True)
+    p.add_argument("--out", required=True, help="log root (existing complete days are kept)")
+    add_world_knobs(p)
+    p.set_defaults(fn=cmd_gen_logs)
 
     args = parser.parse_args(argv)
     # Imported after argparse (they import torch), so that --help stays instant.
