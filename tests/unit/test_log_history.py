@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from framework.data.logs.history import HistoryConfig, HistoryState, IdIndex, aligned_chunks
+from framework.data.logs.history import HistoryConfig, HistoryState, aligned_chunks
+from framework.data.logs.ids import IdIndex
 
 CHANNEL = "click"
 POSITIVES = ("click",)
@@ -151,6 +152,11 @@ def test_eviction_bounds_items_and_ids_index() -> None:
     state.featurize(log, np.arange(3), 0, 0)
     assert state.evict(now_ts=2 * day - 10) == 1  # item 7, idle for > 1 day
     assert state.items.lookup(np.array([7, 8, 9])).tolist() == [-1, 0, 1]
+    # Users' lists hold raw ids, so evicting item 7 (and renumbering 8, 9) leaves them intact.
+    later = {"user_id": np.array([1, 3]), "item_id": np.array([8, 9]), "ts": np.array([3 * day, 3 * day + 1]),
+             "click": np.zeros(2, np.int8)}  # fmt: skip
+    lists = state.featurize(later, np.arange(3, 5), 0, 1)[f"item_hist/{CHANNEL}"]
+    assert lists.values.tolist() == [7, 9] and lists.offsets.tolist() == [0, 1, 2]
     index = IdIndex()
     assert index.add(np.array([5, 3, 5, 9])).tolist() == [0, 1, 0, 2]
     assert index.lookup(np.array([9, 4])).tolist() == [2, -1]

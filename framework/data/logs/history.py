@@ -9,7 +9,7 @@ size, since they were computed once, from all events of the day ("cross-rank vis
 Per channel (a positive label, e.g. ``click``; one list per channel and table):
 
 * ``item_hist``: the user's most recent ``N = max_item_hist`` positive items with their timestamps (ICR's user
-  representation), kept as a ring of N per user: ``16·N`` bytes per user and channel, plus 8 for the count.
+  representation), kept as a ring of N raw ids per user: ``16·N`` bytes per user and channel, plus 8 for the count.
 * ``user_hist``: a uniform sample of ``<= M = max_user_hist`` of the item's earlier positive users (UC-Sampling),
   **drawn afresh for each row**. The state keeps a uniform random subset of ``R = item_reservoir >= M`` of the item's
   positive events (bottom-R of a hash key per event: a reservoir sample), ``24·R + 16`` bytes per item and channel.
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from framework.data.logs.ids import IdIndex
 from framework.data.logs.schema import SECONDS_PER_DAY, LogSchema, day_start_ts
 from framework.data.ranking.hashing import stream_keys
 
@@ -74,41 +75,6 @@ class HistoryConfig:
             raise ValueError(f"item_reservoir ({self.item_reservoir}) must be >= max_user_hist ({self.max_user_hist})")
         if list(self.segment_edges) != sorted(set(self.segment_edges)):
             raise ValueError(f"segment_edges must increase strictly, got {list(self.segment_edges)}")
-
-
-class IdIndex:
-    """Raw int64 id -> dense index in order of first appearance (sorted keys + searchsorted; grows, never moves)."""
-
-    def __init__(self, ids_in_order: np.ndarray | None = None) -> None:
-        ids = np.empty(0, np.int64) if ids_in_order is None else np.asarray(ids_in_order, np.int64)
-        self.ids = ids  # dense index -> raw id
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-    def lookup(self, raw: np.ndarray) -> np.ndarray:
-        """Dense indices of ``raw`` (-1 for ids never added)."""
-        raw = np.asarray(raw, np.int64)
-        if not len(self):
-            return np.full(raw.shape, -1, np.int64)
-        pos = np.searchsorted(self._sorted, raw).clip(0, len(self) - 1)
-        return np.where(self._sorted[pos] == raw, self._order[pos], -1)
-
-    def add(self, raw: np.ndarray) -> np.ndarray:
-        """Dense indices of ``raw``, adding unseen ids (in order of first appearance in ``raw``)."""
-        raw = np.asarray(raw, np.int64)
-        idx = self.lookup(raw)
-        missing = idx < 0
-        if missing.any():
-            new, first = np.unique(raw[missing], return_index=True)
-            new = new[np.argsort(first, kind="stable")]
-            self.ids = np.concatenate([self.ids, new])
-            self._order = np.argsort(self.ids, kind="stable")
-            self._sorted = self.ids[self._order]
-            idx = self.lookup(raw)
-        return idx
 
 
 def _grow(a: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
@@ -249,7 +215,10 @@ class HistoryState:
             out[f"user_hist/{channel}"] = self._user_lists(c, u, i, ts, rank, pos, rng)
         for c, channel in enumerate(cfg.channels):
             pos = np.flatnonzero(np.asarray(cols[channel]) == 1)
-            self._fold(c, u[pos], i[pos], ts[pos], stream_keys(cfg.seed, _TAG_RESERVOIR, c, day_index, positions[pos]))
+            keys = stream_keys(cfg.seed, _TAG_RESERVOIR, c, day_index, positions[pos])
+            self._fold(
+                c, u[pos], i[pos], ts[pos], keys, np.asarray(cols["user_id"])[pos], np.asarray(cols["item_id"])[pos]
+            )
         engaged = np.zeros(E, np.int64)
         for label in self.positives:
             engaged |= np.asarray(cols[label], np.int64)
@@ -292,7 +261,7 @@ class HistoryState:
         # Ring slot of the k-th most recent stored entry, oldest of those taken first.
         rs = row[is_state]
         slot = (self.u_count[u[rs], c] - from_state[rs] + j[is_state]) % N
-        values[is_state] = self.items.ids[self.u_items[u[rs], c, slot]]
+        values[is_state] = self.u_items[u[rs], c, slot]
         times[is_state] = self.u_ts[u[rs], c, slot]
         rf = row[~is_state]
         src = order[end[rf] - fresh[rf] + (j[~is_state] - from_state[rf])]
@@ -324,14 +293,17 @@ class HistoryState:
         src = order[_ranges(start, k)[pick_new]]
         rn = rows_new[pick_new]
         rows = np.concatenate([rr, rn])
-        users = np.concatenate([self.users.ids[res_users], self.users.ids[u[src]]])
+        users = np.concatenate([res_users, self.users.ids[u[src]]])
         times = np.concatenate([res_ts, ts[src]])
         o = np.lexsort((times, rows))  # per row, oldest first
         offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=i.size))]).astype(np.int64)
         return Lists(offsets, users[o], times[o])
 
-    def _fold(self, c: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, keys: np.ndarray) -> None:
-        """Append positives (time order) to the users' rings and merge them into the items' reservoirs."""
+    def _fold(self, c: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, keys: np.ndarray, user_raw: np.ndarray,
+              item_raw: np.ndarray) -> None:  # fmt: skip
+        """Append positives (time order) to the users' rings and merge them into the items' reservoirs.
+
+        ``u``/``i`` index the state's rows; the rings and reservoirs store raw ids (item rows move on eviction)."""
         N, R = self.cfg.max_item_hist, self.cfg.item_reservoir
         if not u.size:
             return
@@ -343,7 +315,7 @@ class HistoryState:
         total = np.bincount(us, minlength=self.u_count.shape[0])
         keep = k >= total[us] - N
         slot = (self.u_count[us[keep], c] + k[keep]) % N
-        self.u_items[us[keep], c, slot] = i[o][keep]
+        self.u_items[us[keep], c, slot] = item_raw[o][keep]
         self.u_ts[us[keep], c, slot] = ts[o][keep]
         self.u_count[:, c] += total
         # Reservoirs: keep the R smallest keys among the stored entries and the new events of each touched item.
@@ -353,7 +325,7 @@ class HistoryState:
         slots_old = _ranges(np.zeros_like(have), have)
         cand_item = np.concatenate([rows_old, i])
         cand_key = np.concatenate([self.i_key[rows_old, c, slots_old], keys])
-        cand_user = np.concatenate([self.i_users[rows_old, c, slots_old], u])
+        cand_user = np.concatenate([self.i_users[rows_old, c, slots_old], user_raw])
         cand_ts = np.concatenate([self.i_ts[rows_old, c, slots_old], ts])
         o = np.lexsort((cand_key, cand_item))
         ci = cand_item[o]

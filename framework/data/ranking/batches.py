@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from framework.data.ranking.hashing import CollisionStats, IdMapper, stream_keys
+from framework.data.ranking.hashing import TABLE_SALTS, CollisionStats, IdMapper, stream_keys
 from framework.data.ranking.interactions import Interactions, SplitMode, split_indices
 from framework.data.ranking.sampling import reservoir_sample_keyed
 
@@ -59,9 +59,6 @@ FEATURE_TABLE: dict[str, str] = {f: table for table, feats in TABLES.items() for
 Split = Literal["train", "test"]
 Holdout = Literal["test", "validation"]
 
-# Fixed per-table salts: the same raw id lands in unrelated rows of different tables,
-# and the mapping does not depend on the data seed (checkpoints stay portable).
-_TABLE_SALTS = {"item": 0x5EED_17E3, "user": 0x5EED_05E4}
 # Tags that keep the seed streams of different purposes apart.
 _STREAM_TRAIN_ORDER = 0
 _STREAM_TRAIN_SAMPLE = 1
@@ -245,7 +242,7 @@ class RankingData:
         self._rows_E: dict[str, np.ndarray] = {}
         raw_by_table = {"item": inter.item_raw, "user": inter.user_raw}
         for table in self._tables:
-            mapper = IdMapper(table, raw_by_table[table], hash_sizes.get(table), _TABLE_SALTS[table])
+            mapper = IdMapper(table, raw_by_table[table], hash_sizes.get(table), TABLE_SALTS[table])
             self._mappers[table] = mapper
             self._rows_E[table] = mapper(raw_by_table[table])
 

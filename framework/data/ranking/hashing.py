@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+TABLE_SALTS: dict[str, int] = {"item": 0x5EED_17E3, "user": 0x5EED_05E4}
+"""Fixed per-table salts: the same raw id lands in unrelated rows of different tables, and the mapping does not
+depend on any data seed (checkpoints stay portable)."""
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
