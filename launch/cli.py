@@ -8,6 +8,7 @@ scalefirst make-shards --images D --captions F --out D   image folder + captions
 scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline images, prints the eval table
 scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]   evaluate a finished clip run
 scalefirst gen-logs --days 60 --out DIR [--num-users N ...]   synthetic day-partitioned production logs (Parquet)
+scalefirst daily --config configs/daily/ucr.yaml [--date D] [--catch-up] [--nproc 2]   recurring daily training
 
 Training commands print the progress bar, the project's own log lines and the result table; each rank's full log
 (third-party INFO, known warnings) is appended to <run_dir>/log.txt. --verbose shows it all on the console too.
@@ -233,6 +234,62 @@ def cmd_gen_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daily(args: argparse.Namespace) -> int:
+    """Lock the job, make sure the logs exist (generating the configured synthetic days if the root is empty),
+    then train the planned days under torchrun (framework/jobs/daily.py)."""
+    import datetime as dt
+
+    from framework.config import ConfigError
+    from framework.data.logs.generator import WorldConfig, generate_logs
+    from framework.data.logs.schema import list_days
+    from framework.jobs.layout import DayPlanError, JobDir, plan_days
+    from framework.jobs.lock import JobLock, JobLocked
+    from launch.preflight import validate_job
+
+    overrides = list(args.overrides)
+    if args.date:
+        overrides.append(f"job.date={args.date}")
+    if args.catch_up:
+        overrides.append("job.catch_up=true")
+    cfg = validate_job(args.config, overrides)
+    if cfg.family != "daily":
+        raise ConfigError(f"{args.config}: family is {cfg.family!r}; scalefirst daily runs family daily")
+    try:
+        lock = JobLock(cfg.train.run_dir).acquire()
+    except JobLocked as e:
+        print(f"daily: {e}", file=sys.stderr)
+        return 3
+    try:
+        if not list_days(cfg.logs.root):
+            gen = cfg.logs.generate
+            if gen.days == 0:
+                raise ConfigError(
+                    f"logs.root: no day=YYYY-MM-DD directory under {cfg.logs.root} (and logs.generate.days=0)"
+                )
+            print(f"daily: {cfg.logs.root} holds no log day: generating {gen.days} synthetic days there "
+                  f"({gen.events_per_day:,} events/day, seed {gen.seed})", flush=True)  # fmt: skip
+            world = WorldConfig(num_users=gen.num_users, events_per_day=gen.events_per_day,
+                                new_items_per_day=gen.new_items_per_day, start_day=dt.date.fromisoformat(gen.start_day),
+                                seed=gen.seed)  # fmt: skip
+            generate_logs(cfg.logs.root, gen.days, world, progress=True)
+        job = JobDir(cfg.train.run_dir)
+        try:
+            days = plan_days(job, list_days(cfg.logs.root), cfg.job.date, cfg.job.catch_up)
+        except (DayPlanError, ValueError) as e:
+            print(f"daily: {e}", file=sys.stderr)
+            return 2
+        todo = [d for d in days if not job.is_committed(d)]
+        for d in days:
+            if d not in todo:
+                print(f"daily: day {d} is already committed ({job.day_dir(d)}): nothing to do")
+        if not todo:
+            return 0
+        print(f"daily: training {len(todo)} day(s), {todo[0]} .. {todo[-1]}, on {args.nproc} rank(s)", flush=True)
+        return run_torchrun(args.nproc, args.config, overrides, args.verbose)
+    finally:
+        lock.release()
+
+
 def add_world_knobs(p: argparse.ArgumentParser) -> None:
     """One ``--knob`` per field of WorldConfig, defaults and help from it (kept in one place)."""
     import dataclasses
@@ -301,6 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--out", help="output folder (default: <run-dir>/eval)")
     q.add_argument("--name", help="row name in the table (default: run dir name)")
     q.set_defaults(fn=cmd_eval_clip)
+
+    p = sub.add_parser("daily", help="recurring daily training on day-partitioned logs")
+    p.add_argument("--config", required=True, help="a family: daily YAML (configs/daily/)")
+    p.add_argument("--date", help="the day to train, YYYY-MM-DD (default: the latest log day)")
+    p.add_argument("--catch-up", action="store_true", help="also train every earlier uncommitted day, in order")
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_daily)
 
     p = sub.add_parser("gen-logs", help="synthetic production logs: day=YYYY-MM-DD/part-*.parquet")
     p.add_argument("--days", type=int, required=True)

@@ -31,14 +31,16 @@ logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 FAULT_ENV = "SCALEFIRST_FAULT"
-"""Fault injection for crash tests: ``kill_after_step=N`` (SIGKILL once step N is committed) or
-``kill_in_save=N`` (SIGKILL after the shards of step N are written, before the commit)."""
+"""Fault injection for crash tests: ``kill_after_step=N`` (SIGKILL once step N is committed),
+``kill_in_save=N`` (SIGKILL after the shards of step N are written, before the commit) or
+``kill_in_commit=YYYY-MM-DD`` (a daily job, after the day's files are written, before its rename)."""
 
 
-def _fault(kind: str, step: int) -> None:
+def fault_point(kind: str, value: object) -> None:
+    """SIGKILL this process if ``$SCALEFIRST_FAULT`` is ``<kind>=<value>`` (crash tests; a no-op otherwise)."""
     spec = os.environ.get(FAULT_ENV, "")
-    if spec == f"{kind}={step}":
-        logger.warning("fault injection: %s at step %d, killing rank with SIGKILL", kind, step)
+    if spec == f"{kind}={value}":
+        logger.warning("fault injection: %s at %s, killing rank with SIGKILL", kind, value)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -92,7 +94,7 @@ class Checkpointer:
                 shutil.rmtree(stale)  # left by a crashed save; never complete / already superseded
         _barrier()
         dcp.save(dict(state), checkpoint_id=str(partial))
-        _fault("kill_in_save", step)
+        fault_point("kill_in_save", step)
         _barrier()
         if self.rank == 0:
             meta_path = partial / "meta.json"
@@ -112,7 +114,7 @@ class Checkpointer:
             for old in self.committed()[: -self.keep]:
                 shutil.rmtree(old)
         _barrier()
-        _fault("kill_after_step", step)
+        fault_point("kill_after_step", step)
         return final
 
     @staticmethod

@@ -8,6 +8,7 @@ overrides. Every leaf value remembers where it came from, so an unknown key or a
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import types
 import typing
@@ -198,6 +199,8 @@ def _convert(value: Any, tp: Any, key: str, origin: Mapping[str, str]) -> Any:
             fail(f"expected float, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, datetime.date):
+            return value.isoformat()  # YAML reads an unquoted 2026-01-05 as a date; str fields take it as written
         if not isinstance(value, str):
             fail(f"expected str, got {value!r}")
         return value

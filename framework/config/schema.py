@@ -10,6 +10,7 @@ from typing import Literal
 
 from scalefirst_kernels import ops
 
+from framework.data.logs.history import HistoryConfig
 from framework.models.clip.model import CLIPConfig
 
 Formulation = Literal["icr", "ucr", "hybrid"]
@@ -393,5 +394,96 @@ TOKENIZER_VOCAB = {"byte": 259, "clip_bpe": 49408}
 """Vocabulary size of each data.tokenizer (the text tower's embedding table must cover it)."""
 
 
-JOB_SCHEMAS: dict[str, type] = {"ranking": RankingJobConfig, "clip": ClipJobConfig}
+# --------------------------------------------------------------------------------------------- daily family
+
+
+@dataclass(kw_only=True, slots=True)
+class GenerateConfig:
+    """The synthetic production world written when ``logs.root`` holds no day (framework/data/logs/generator.py)."""
+
+    days: int = 0
+    """Days to generate when the log root is empty; 0 = never generate (a missing root is an error)."""
+    num_users: int = 20_000
+    events_per_day: int = 200_000
+    new_items_per_day: int = 2_000
+    start_day: str = "2026-01-01"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.days < 0:
+            raise ValueError(f"days must be >= 0, got {self.days}")
+        _positive(self, "num_users", "events_per_day", "new_items_per_day")
+
+
+@dataclass(kw_only=True, slots=True)
+class LogsConfig:
+    root: str = "runs/daily/logs"
+    """Log root: day=YYYY-MM-DD/part-NNNNN.parquet (a local path or a pyarrow.fs URI)."""
+    labels: list[str] = field(default_factory=lambda: ["skip", "click", "like", "share", "follow", "complete"])
+    """Engagement label columns, one task each (framework/data/logs/schema.py)."""
+    negative: str = "skip"
+    """The negative label among ``labels``."""
+    max_bad_records: int = 0
+    """Bad rows/row groups/files tolerated per day before the day fails (0: fail on the first, naming it)."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def __post_init__(self) -> None:
+        if self.negative not in self.labels:
+            raise ValueError(f"negative {self.negative!r} is not one of labels {self.labels}")
+        if self.max_bad_records < 0:
+            raise ValueError(f"max_bad_records must be >= 0, got {self.max_bad_records}")
+
+
+@dataclass(kw_only=True, slots=True)
+class DailyTrainConfig:
+    run_dir: str = "runs/daily/job"
+    """The job directory: days/<D>/ (committed checkpoints, state, vocabularies, metrics), history.jsonl, LOCK."""
+    global_batch_size: int = 1024
+    """Rows per optimizer step over all ranks (the day's last batch is shorter; ranks pad to an equal size)."""
+    eval_examples: int = 10_000
+    """Evaluate each day's model on the first this many rows of the next day (the seed's protocol)."""
+    eval_windows: int = 6
+    """Also evaluate on this many equal time windows of the next day (a frozen model's decay, fig. 3.6)."""
+    window_examples: int = 2_000
+    """Rows per window (its first ones)."""
+    eval_batch_size: int = 2048
+    checkpoint_every: int | None = None
+    """Save a mid-day checkpoint every this many steps (a killed run resumes there); null = only at day end."""
+    num_time_buckets: int = 32
+    seed: int = 0
+    resume: ResumeMode = "auto"
+    """A later day must use the job's config (job_dir/config.yaml) up to the keys that may change; force: log them."""
+    log_every: int = 20
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "global_batch_size", "eval_examples", "eval_windows", "window_examples", "eval_batch_size")
+        _positive(self, "checkpoint_every", "num_time_buckets", "log_every")
+
+
+@dataclass(kw_only=True, slots=True)
+class DayPlanConfig:
+    date: str | None = None
+    """The day to train (YYYY-MM-DD); null = the latest day in the logs."""
+    catch_up: bool = False
+    """Also train every earlier day that is not committed yet, in order."""
+
+
+@dataclass(kw_only=True, slots=True)
+class DailyJobConfig:
+    family: Literal["daily"] = "daily"
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    """Lists per channel (framework/data/logs/history.py: N, M, reservoir R, segments, eviction)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """``model.hash_size`` per table: null = ``grow`` (exact vocabulary, the table grows every day), n = ``hash``
+    (n rows for ever); configs/daily/base.yaml grows both."""
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: DailyTrainConfig = field(default_factory=DailyTrainConfig)
+    job: DayPlanConfig = field(default_factory=DayPlanConfig)
+
+
+JOB_SCHEMAS: dict[str, type] = {"ranking": RankingJobConfig, "clip": ClipJobConfig, "daily": DailyJobConfig}
 """family name → job config schema. New trainer families register here."""

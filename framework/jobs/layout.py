@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from framework.checkpoint.dcp import fault_point
 from framework.io import fsync_dir, write_json_atomic
 
 
@@ -77,6 +78,7 @@ class JobDir:
         partial = self.days_dir / f"{day.isoformat()}.partial"
         write_json_atomic(partial / "metrics.json", metrics)
         fsync_dir(partial)
+        fault_point("kill_in_commit", day.isoformat())
         final = self.day_dir(day)
         os.replace(partial, final)
         fsync_dir(self.days_dir)
@@ -100,3 +102,27 @@ class JobDir:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class DayPlanError(ValueError):
+    """The requested day cannot run (missing in the logs, or an earlier day is not committed)."""
+
+
+def plan_days(job: JobDir, log_days: list[dt.date], date: str | None, catch_up: bool) -> list[dt.date]:
+    """The days to run, in order (committed ones included: they are reported and skipped)."""
+    if not log_days:
+        raise DayPlanError("the log root holds no day=YYYY-MM-DD directory")
+    target = dt.date.fromisoformat(date) if date else log_days[-1]
+    if target not in log_days:
+        raise DayPlanError(f"day {target} is not in the logs ({log_days[0]} .. {log_days[-1]}, {len(log_days)} days)")
+    upto = log_days[: log_days.index(target) + 1]
+    if catch_up:
+        return upto
+    before = upto[:-1]
+    if before and not job.is_committed(before[-1]) and not job.is_committed(target):
+        missing = [d for d in before if not job.is_committed(d)]
+        raise DayPlanError(
+            f"day {target} trains from day {before[-1]}, which is not committed ({len(missing)} earlier day(s) "
+            f"missing, first {missing[0]}): run with --catch-up"
+        )
+    return [target]

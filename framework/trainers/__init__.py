@@ -9,6 +9,7 @@ from typing import Any
 TRAINERS: dict[str, str] = {
     "ranking": "framework.trainers.ranking:train",
     "clip": "framework.trainers.clip:train",
+    "daily": "framework.jobs.daily:run",
 }
 
 

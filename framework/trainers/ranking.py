@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -128,23 +128,21 @@ def evaluate(
     return metrics.compute()
 
 
-_TRAINER_FIELDS = ("step", "epoch", "examples_in_epoch")
-
-
-def checkpoint_state(sm: ShardedModel, state: TrainState) -> dict[str, Any]:
+def checkpoint_state(sm: ShardedModel, state: Any) -> dict[str, Any]:
+    """What a checkpoint holds: model, optimizer and the int fields of ``state`` (a dataclass: the data position)."""
     # Trainer counters travel as one int64 tensor: a table-wise rank lacks the tables it does not own, which sends
     # DCP's loader down its pre-2.4 key-compatibility path, where a dict of Python ints is not flattened alike.
-    counters = torch.tensor([getattr(state, f) for f in _TRAINER_FIELDS], dtype=torch.int64)
+    counters = torch.tensor([getattr(state, f.name) for f in fields(state)], dtype=torch.int64)
     return {"model": sm.model.state_dict(), "optim": sm.optimizer.state_dict(), "trainer": counters}
 
 
-def restore(ckpt_dir: Path, sm: ShardedModel, state: TrainState) -> None:
+def restore(ckpt_dir: Path, sm: ShardedModel, state: Any) -> None:
     app = checkpoint_state(sm, state)
     Checkpointer.load(ckpt_dir, app)
     sm.model.load_state_dict(app["model"])
     sm.optimizer.load_state_dict(app["optim"])
-    for field, value in zip(_TRAINER_FIELDS, app["trainer"].tolist(), strict=True):
-        setattr(state, field, int(value))
+    for f, value in zip(fields(state), app["trainer"].tolist(), strict=True):
+        setattr(state, f.name, int(value))
 
 
 def train(cfg: RankingJobConfig) -> dict[str, Any]:

@@ -96,3 +96,30 @@ def test_lock_is_freed_when_its_holder_is_terminated(tmp_path: Path) -> None:
         except JobLocked:
             assert time.time() < deadline, "lock not freed after its holder exited"
             time.sleep(0.05)
+
+
+def test_plan_days(tmp_path: Path) -> None:
+    from framework.jobs.layout import DayPlanError, plan_days
+
+    job = JobDir(tmp_path)
+    logs = [D1, D2, D3]
+    assert plan_days(job, logs, None, catch_up=True) == logs
+    assert plan_days(job, logs, "2026-01-01", catch_up=False) == [D1]  # the first day trains from scratch
+    with pytest.raises(DayPlanError, match="not committed .* first 2026-01-01.*--catch-up"):
+        plan_days(job, logs, "2026-01-02", catch_up=False)
+    job.begin(D1)
+    job.commit(D1, {"day": "2026-01-01"})
+    assert plan_days(job, logs, "2026-01-02", catch_up=False) == [D2]
+    with pytest.raises(DayPlanError, match="2026-01-09 is not in the logs"):
+        plan_days(job, logs, "2026-01-09", catch_up=True)
+    with pytest.raises(DayPlanError, match="no day="):
+        plan_days(job, [], None, catch_up=True)
+
+
+def test_unquoted_dates_in_yaml_are_strings(tmp_path: Path) -> None:
+    from framework.config import load_job_config
+
+    path = tmp_path / "job.yaml"
+    path.write_text("base: " + str(REPO / "configs/daily/ucr.yaml") + "\nlogs:\n  generate: {start_day: 2026-02-03}\n")
+    cfg = load_job_config(path, ["job.date=2026-02-05"])
+    assert cfg.logs.generate.start_day == "2026-02-03" and cfg.job.date == "2026-02-05"

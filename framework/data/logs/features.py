@@ -121,6 +121,12 @@ class FeatureReader:
             self._cache = ((path, g), pq.ParquetFile(path).read_row_group(g))
         return self._cache[1]
 
+    def column(self, name: str) -> np.ndarray:
+        """One flat column of the whole day (e.g. ``ts``), read alone."""
+        parts = {path for path, _, _, _ in self._groups}
+        return np.concatenate([np.empty(0, np.int64)] + [pq.read_table(p, columns=[name]).column(name).to_numpy()
+                                                         for p in sorted(parts)])  # fmt: skip
+
     def read(self, lo: int, hi: int) -> FeatureRows:
         """Rows at positions [lo, hi)."""
         hi = min(hi, self.num_rows)

@@ -396,4 +396,6 @@ def featurize_day(
     dropped = state.evict(day_start_ts(day) + SECONDS_PER_DAY)
     state.days.append(day.isoformat())
     if dropped:
-        logger.info("history state: evicted %d items idle for %d days", dropped, state.cfg.evict_after_days)
+        logger.info(
+            "history state: dropped %d items without a positive event in %d days", dropped, state.cfg.evict_after_days
+        )
