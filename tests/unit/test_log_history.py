@@ -160,3 +160,19 @@ def test_eviction_bounds_items_and_ids_index() -> None:
     index = IdIndex()
     assert index.add(np.array([5, 3, 5, 9])).tolist() == [0, 1, 0, 2]
     assert index.lookup(np.array([9, 4])).tolist() == [2, -1]
+
+
+def test_floyd_sample_is_a_uniform_subset() -> None:
+    from framework.data.logs.history import floyd_sample
+
+    rng = np.random.default_rng(0)
+    reps = 20_000
+    rows, picks = floyd_sample(np.full(reps, 6), np.full(reps, 2), rng)
+    assert (np.bincount(rows) == 2).all()
+    pairs = picks.reshape(reps, 2)
+    assert (pairs[:, 0] != pairs[:, 1]).all() and ((pairs >= 0) & (pairs < 6)).all()
+    codes = np.sort(pairs, axis=1) @ np.array([6, 1])
+    counts = np.unique(codes, return_counts=True)[1]
+    assert counts.size == 15 and stats.chisquare(counts).pvalue > 1e-3  # all C(6,2) pairs equally likely
+    rows, picks = floyd_sample(np.array([5, 0, 3]), np.array([5, 0, 1]), rng)
+    assert rows.tolist() == [0, 0, 0, 0, 0, 2] and sorted(picks[:5].tolist()) == [0, 1, 2, 3, 4]

@@ -280,18 +280,12 @@ class HistoryState:
         h = np.zeros_like(m)
         some = m > 0
         h[some] = rng.hypergeometric(n[some], k[some], m[some])
-        # Uniform h-of-r from the reservoir and (m-h)-of-k from the chunk: the smallest random keys win.
-        rows_res = np.repeat(np.arange(i.size), r)
-        key_res = rng.random(rows_res.size)
-        pick_res = _smallest_per_row(rows_res, key_res, h, i.size)
-        slot = (np.arange(rows_res.size) - np.repeat(np.cumsum(r) - r, r))[pick_res]
-        rr = rows_res[pick_res]
+        # Uniform h-of-r from the reservoir and (m-h)-of-k from the chunk (Floyd's algorithm: O(M²) per row,
+        # whatever r and k are; a popular item can have thousands of same-chunk positives).
+        rr, slot = floyd_sample(r, h, rng)
         res_users, res_ts = self.i_users[i[rr], c, slot], self.i_ts[i[rr], c, slot]
-        rows_new = np.repeat(np.arange(i.size), k)
-        key_new = rng.random(rows_new.size)
-        pick_new = _smallest_per_row(rows_new, key_new, m - h, i.size)
-        src = order[_ranges(start, k)[pick_new]]
-        rn = rows_new[pick_new]
+        rn, pick = floyd_sample(k, m - h, rng)
+        src = order[start[rn] + pick]
         rows = np.concatenate([rr, rn])
         users = np.concatenate([res_users, self.users.ids[u[src]]])
         times = np.concatenate([res_ts, ts[src]])
@@ -348,16 +342,26 @@ class HistoryState:
         return dropped
 
 
-def _smallest_per_row(rows: np.ndarray, keys: np.ndarray, want: np.ndarray, num_rows: int) -> np.ndarray:
-    """Boolean mask over (rows, keys) entries: per row, its ``want[row]`` entries with the smallest keys."""
-    if not rows.size:
-        return np.zeros(0, bool)
-    o = np.lexsort((keys, rows))
-    rs = rows[o]
-    rank = np.arange(rs.size) - np.searchsorted(rs, rs, side="left")
-    mask = np.zeros(rows.size, bool)
-    mask[o] = rank < want[rs]
-    return mask
+def floyd_sample(n: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform ``s[e]``-subset of ``range(n[e])`` for every row e (needs ``s <= n``), by Floyd's algorithm.
+
+    Returns ``(rows, picks)``: flat, row-major (each row's picks together, in no particular order). Step t of
+    Floyd's algorithm (t < s) draws ``x ~ U{0..j}`` with ``j = n - s + t`` and takes ``j`` instead when ``x`` was
+    taken already: every s-subset is equally likely. Vectorized over rows; ``max(s)`` steps of O(rows·max(s)).
+    """
+    n, s = np.asarray(n, np.int64), np.asarray(s, np.int64)
+    if (s > n).any() or (s < 0).any():
+        raise ValueError("floyd_sample needs 0 <= s <= n")
+    width = int(s.max()) if s.size else 0
+    chosen = np.full((s.size, max(width, 1)), -1, np.int64)
+    for t in range(width):
+        active = np.flatnonzero(t < s)
+        j = n[active] - s[active] + t
+        x = np.floor(rng.random(active.size) * (j + 1)).astype(np.int64)
+        taken = (chosen[active, :t] == x[:, None]).any(axis=1)
+        chosen[active, t] = np.where(taken, j, x)
+    rows = np.repeat(np.arange(s.size), s)
+    return rows, chosen[:, :width][np.arange(width)[None, :] < s[:, None]] if width else np.empty(0, np.int64)
 
 
 def aligned_chunks(
