@@ -9,6 +9,7 @@ scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline ima
 scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]   evaluate a finished clip run
 scalefirst gen-logs --days 60 --out DIR [--num-users N ...]   synthetic day-partitioned production logs (Parquet)
 scalefirst daily --config configs/daily/ucr.yaml [--date D] [--catch-up] [--nproc 2]   recurring daily training
+scalefirst report JOB_DIR [JOB_DIR ...] --out DIR   model size / relative NCE / segment / decay plots + summary.md
 
 Training commands print the progress bar, the project's own log lines and the result table; each rank's full log
 (third-party INFO, known warnings) is appended to <run_dir>/log.txt. --verbose shows it all on the console too.
@@ -290,6 +291,15 @@ def cmd_daily(args: argparse.Namespace) -> int:
         lock.release()
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from framework.jobs.report import write_report
+
+    write_report(args.jobs, args.out)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"figures: {', '.join(str(p) for p in sorted(Path(args.out).glob('*.png')))}")
+    return 0
+
+
 def add_world_knobs(p: argparse.ArgumentParser) -> None:
     """One ``--knob`` per field of WorldConfig, defaults and help from it (kept in one place)."""
     import dataclasses
@@ -367,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_daily)
+
+    p = sub.add_parser("report", help="figures and a summary table from daily jobs' history.jsonl")
+    p.add_argument("jobs", nargs="+", help="daily job directories (train.run_dir), e.g. runs/daily/icr runs/daily/ucr")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("gen-logs", help="synthetic production logs: day=YYYY-MM-DD/part-*.parquet")
     p.add_argument("--days", type=int, required=True)

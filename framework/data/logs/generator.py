@@ -51,8 +51,9 @@ class WorldConfig:
     new_items_per_day: int = 2_000
     mean_lifespan_days: float = 5.0
     max_lifespan_days: int = 21
-    popularity_alpha: float = 1.2
-    """Pareto shape of item popularity (smaller: heavier tail)."""
+    popularity_alpha: float = 1.8
+    """Pareto shape of item popularity (smaller: heavier tail; 1.8: the top 10% of items get about a third of the
+    impressions, and no single item more than a few per mille)."""
     activeness_sigma: float = 1.5
     """Lognormal sigma of user activeness weights (larger: heavier tail)."""
     factor_dim: int = 8
