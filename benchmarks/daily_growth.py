@@ -63,7 +63,8 @@ def run_job(name: str, root: Path, logs: Path, overrides: list[str]) -> dict[str
 
 
 def loader_vs_memory(logs: str, day: str, steps: int) -> dict[str, float]:
-    """One rank's examples/s over ``steps`` steps: featurized reader + batch building per step, vs prebuilt batches."""
+    """One rank's examples/s over ``steps`` steps: the daily job's input path (featurized reader + batch building,
+    prefetched in a background thread) vs the same batches built beforehand in memory."""
     from framework.config.schema import ModelConfig, OptimConfig
     from framework.data.logs.batches import make_log_batch
     from framework.data.logs.features import FeatureReader, featurize_logs
@@ -73,7 +74,9 @@ def loader_vs_memory(logs: str, day: str, steps: int) -> dict[str, float]:
     from framework.data.logs.schema import LogSchema
     from framework.distributed.env import read_env
     from framework.distributed.torchrec_sharding import shard_model
+    from framework.jobs.daily import day_batches
     from framework.models.ranking.model import build_ranking_model
+    from framework.trainers.common import Prefetcher
     from framework.trainers.ranking import train_step
 
     env = read_env("cpu")
@@ -91,7 +94,8 @@ def loader_vs_memory(logs: str, day: str, steps: int) -> dict[str, float]:
     model = build_ranking_model(cfg, {"user": ids["user"].num_embeddings}, schema.labels, 32)
     sm = shard_model(model, tables={"user": ids["user"].num_embeddings}, embedding_dim=32, sharding_type="table_wise",
                      optim=OptimConfig(), env=env)  # fmt: skip
-    slices = list(rank_slices(0, min(reader.num_rows, 2 * steps * B), B, env.rank, env.world_size))
+    stop = min(reader.num_rows, (3 + steps) * B)
+    slices = list(rank_slices(0, stop, B, env.rank, env.world_size))
 
     def batch(lo: int, hi: int):
         return make_log_batch(reader.read(lo, hi), formulation="ucr", ids=ids, labels=schema.labels, channel="click",
@@ -99,10 +103,11 @@ def loader_vs_memory(logs: str, day: str, steps: int) -> dict[str, float]:
 
     for _, lo, hi in slices[:3]:  # warm-up
         train_step(sm, batch(lo, hi))
-    timed = slices[3 : 3 + steps]
+    timed = slices[3:]
     t0 = time.perf_counter()
-    for _, lo, hi in timed:
-        train_step(sm, batch(lo, hi))
+    with Prefetcher(day_batches(batch, 3 * B, stop, B, env), 2) as batches:  # the daily job's own input path
+        for _, b in batches:
+            train_step(sm, b)
     with_reader = time.perf_counter() - t0
     prebuilt = [batch(lo, hi) for _, lo, hi in timed]
     t0 = time.perf_counter()

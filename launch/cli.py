@@ -10,6 +10,7 @@ scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]
 scalefirst gen-logs --days 60 --out DIR [--num-users N ...]   synthetic day-partitioned production logs (Parquet)
 scalefirst daily --config configs/daily/ucr.yaml [--date D] [--catch-up] [--nproc 2]   recurring daily training
 scalefirst report JOB_DIR [JOB_DIR ...] --out DIR   model size / relative NCE / segment / decay plots + summary.md
+scalefirst convert-logs --root LOGS --out DIR --to webdataset [--day D ...]   Parquet days -> tar shards
 
 Training commands print the progress bar, the project's own log lines and the result table; each rank's full log
 (third-party INFO, known warnings) is appended to <run_dir>/log.txt. --verbose shows it all on the console too.
@@ -291,6 +292,17 @@ def cmd_daily(args: argparse.Namespace) -> int:
         lock.release()
 
 
+def cmd_convert_logs(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from framework.data.logs.convert import to_webdataset
+
+    days = [dt.date.fromisoformat(d) for d in args.day] if args.day else None
+    done = to_webdataset(args.root, args.out, days)
+    print(f"convert-logs: {len(done)} day(s) -> {args.out} (webdataset tar shards, one sample per row group)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from framework.jobs.report import write_report
 
@@ -377,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_daily)
+
+    p = sub.add_parser("convert-logs", help="copy Parquet log days into WebDataset tar shards")
+    p.add_argument("--root", required=True, help="Parquet log root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--to", choices=["webdataset"], default="webdataset")
+    p.add_argument("--day", action="append", help="YYYY-MM-DD (repeat; default: every day)")
+    p.set_defaults(fn=cmd_convert_logs)
 
     p = sub.add_parser("report", help="figures and a summary table from daily jobs' history.jsonl")
     p.add_argument("jobs", nargs="+", help="daily job directories (train.run_dir), e.g. runs/daily/icr runs/daily/ucr")

@@ -10,6 +10,7 @@ from typing import Literal
 
 from scalefirst_kernels import ops
 
+from framework.data.logs.clustering import ClusteringConfig
 from framework.data.logs.history import HistoryConfig
 from framework.models.clip.model import CLIPConfig
 
@@ -423,6 +424,8 @@ class LogsConfig:
     """Engagement label columns, one task each (framework/data/logs/schema.py)."""
     negative: str = "skip"
     """The negative label among ``labels``."""
+    format: Literal["parquet", "webdataset"] = "parquet"
+    """part-NNNNN.parquet, or part-NNNNN.tar written by `scalefirst convert-logs --to webdataset`."""
     max_bad_records: int = 0
     """Bad rows/row groups/files tolerated per day before the day fails (0: fail on the first, naming it)."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -447,9 +450,14 @@ class DailyTrainConfig:
     window_examples: int = 2_000
     """Rows per window (its first ones)."""
     eval_batch_size: int = 2048
+    prefetch_batches: int = 2
+    """Training batches read and built ahead in a background thread (0: on the training thread)."""
     checkpoint_every: int | None = None
     """Save a mid-day checkpoint every this many steps (a killed run resumes there); null = only at day end."""
     num_time_buckets: int = 32
+    locality: bool = False
+    """Locality batching (seed §3.5.3): rows of one owner (ICR: user, UCR: item) in a rank's batch share the owner's
+    first list, looked up and projected once (framework/data/logs/batches.py); evaluation always uses exact lists."""
     seed: int = 0
     resume: ResumeMode = "auto"
     """A later day must use the job's config (job_dir/config.yaml) up to the keys that may change; force: log them."""
@@ -460,6 +468,8 @@ class DailyTrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "global_batch_size", "eval_examples", "eval_windows", "window_examples", "eval_batch_size")
         _positive(self, "checkpoint_every", "num_time_buckets", "log_every")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -476,6 +486,9 @@ class DailyJobConfig:
     logs: LogsConfig = field(default_factory=LogsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     """Lists per channel (framework/data/logs/history.py: N, M, reservoir R, segments, eviction)."""
+    clustering: ClusteringConfig | None = None
+    """UC-Clustering (framework/data/logs/clustering.py): users are replaced by Louvain cluster ids, in the targets
+    and in the items' user lists, updated after every day; null = user ids (UC-Sampling only)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """``model.hash_size`` per table: null = ``grow`` (exact vocabulary, the table grows every day), n = ``hash``
     (n rows for ever); configs/daily/base.yaml grows both."""

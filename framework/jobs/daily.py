@@ -31,6 +31,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,13 @@ from framework.config import save_config, to_dict
 from framework.config.loader import load_raw
 from framework.config.schema import DailyJobConfig
 from framework.data.logs.batches import make_log_batch
+from framework.data.logs.clustering import UserClusters
 from framework.data.logs.features import FeatureReader, featurize_logs
 from framework.data.logs.history import HistoryState
 from framework.data.logs.ids import TableIds
 from framework.data.logs.reader import rank_slices
 from framework.data.logs.schema import LogSchema, day_name, day_parts, list_days
+from framework.data.ranking.batches import RankingBatch
 from framework.distributed.env import DistEnv, init_distributed
 from framework.distributed.torchrec_sharding import ShardedModel, shard_model
 from framework.io import write_json_atomic
@@ -59,7 +62,7 @@ from framework.jobs.layout import JobDir, plan_days
 from framework.metrics.ranking import RankingMetrics
 from framework.models.ranking.embeddings import TABLES_BY_FORMULATION
 from framework.models.ranking.model import build_ranking_model
-from framework.trainers.common import Progress, environment_info, git_commit
+from framework.trainers.common import Prefetcher, Progress, environment_info, git_commit
 from framework.trainers.ranking import checkpoint_state, restore, train_step
 
 logger = logging.getLogger(__name__)
@@ -133,7 +136,7 @@ def _featurize(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema
         state = (HistoryState.load(prev_state, cfg.history, schema.positives) if prev_state
                  else HistoryState(cfg.history, schema.positives))  # fmt: skip
         stats = featurize_logs(cfg.logs.root, day, log_days.index(day), state, features, schema,
-                               max_bad_records=cfg.logs.max_bad_records)  # fmt: skip
+                               max_bad_records=cfg.logs.max_bad_records, fmt=cfg.logs.format)  # fmt: skip
         state.save(state_path)
         stats |= {"seconds": time.perf_counter() - t0, "state": state.nbytes()}
         write_json_atomic(stats_path, stats)
@@ -152,12 +155,17 @@ def _table_ids(cfg: DailyJobConfig, prev_dir: Path | None, tables: tuple[str, ..
     return ids
 
 
-def _observe_day(ids: dict[str, TableIds], features: Path, day: dt.date) -> None:
+def _observe_day(ids: dict[str, TableIds], features: Path, day: dt.date, clusters: UserClusters | None) -> None:
+    """The day's target ids into the id spaces (users as their clusters under UC-Clustering; -1 = none)."""
     columns = {"item": "item_id", "user": "user_id"}
     for path in day_parts(str(features), day):
         table = pq.read_table(path, columns=list(columns.values()))
         for t, ti in ids.items():
-            ti.observe(table.column(columns[t]).to_numpy())
+            raw = table.column(columns[t]).to_numpy()
+            if t == "user" and clusters is not None:
+                raw = clusters(raw)
+                raw = raw[raw >= 0]
+            ti.observe(raw)
 
 
 def _params(sm: ShardedModel, ids: dict[str, TableIds], dim: int) -> dict[str, int]:
@@ -180,7 +188,11 @@ def run_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema, l
     channel = cfg.history.channels[0]
     tables = TABLES_BY_FORMULATION[cfg.model.formulation]
     ids = _table_ids(cfg, prev_dir, tables)
-    _observe_day(ids, features, day)
+    clusters = None
+    if cfg.clustering is not None and "user" in tables:
+        clusters = (UserClusters.load(prev_dir / "clusters.npz", cfg.clustering) if prev_dir
+                    else UserClusters(cfg.clustering))  # fmt: skip
+    _observe_day(ids, features, day, clusters)
     num_embeddings = {t: ids[t].num_embeddings for t in tables}
 
     torch.manual_seed(cfg.train.seed * 100_003 + day_index)
@@ -225,17 +237,22 @@ def run_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema, l
     )
     t_train = time.perf_counter()
     rows_at_start = state.rows
-    for g, lo, hi in rank_slices(state.rows, N, B, env.rank, W):
-        rows = reader.read(lo, hi)
-        batch = make_log_batch(rows, formulation=cfg.model.formulation, ids=ids, labels=schema.labels,
-                               channel=channel, num_time_buckets=cfg.train.num_time_buckets, pad_to=local)  # fmt: skip
-        loss = train_step(sm, batch.to(env.device))
-        count += torch.tensor([len(rows), float(rows.positions.sum())], dtype=torch.float64)
-        state.step += 1
-        state.rows = min((g + 1) * B, N)
-        progress.update(loss=float(loss))
-        if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 and state.rows < N:
-            save(mid)
+
+    def build(lo: int, hi: int) -> RankingBatch:
+        return make_log_batch(reader.read(lo, hi), formulation=cfg.model.formulation, ids=ids, labels=schema.labels,
+                              channel=channel, num_time_buckets=cfg.train.num_time_buckets, pad_to=local,
+                              user_map=clusters, locality=cfg.train.locality)  # fmt: skip
+
+    with Prefetcher(day_batches(build, state.rows, N, B, env), cfg.train.prefetch_batches) as batches:
+        for g, batch in batches:
+            loss = train_step(sm, batch.to(env.device))
+            real = batch.example_index[batch.example_index >= 0]
+            count += torch.tensor([real.numel(), float(real.sum())], dtype=torch.float64)
+            state.step += 1
+            state.rows = min((g + 1) * B, N)
+            progress.update(loss=float(loss))
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 and state.rows < N:
+                save(mid)
     progress.close()
     train_seconds = time.perf_counter() - t_train
     examples_per_s = (state.rows - rows_at_start) / train_seconds if train_seconds > 0 else 0.0
@@ -248,7 +265,12 @@ def run_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema, l
     evaluation = None
     next_days = log_days[day_index + 1 : day_index + 2]
     if next_days:
-        evaluation = _evaluate_next_day(cfg, env, job, schema, log_days, next_days[0], state_path, sm, ids)
+        evaluation = _evaluate_next_day(cfg, env, job, schema, log_days, next_days[0], state_path, sm, ids, clusters)
+    clustering = None
+    if clusters is not None and env.is_main:  # after the evaluation: day D's model saw the clusters of D-1
+        users, items = _positives(features, day, channel)
+        clustering = asdict(clusters.update(users, items))
+        clusters.save(partial / "clusters.npz")
 
     metrics = {
         "day": day.isoformat(),
@@ -266,6 +288,7 @@ def run_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema, l
         "ids": {t: asdict(ids[t].stats()) for t in tables},
         "params": _params(sm, ids, cfg.model.embedding_dim),
         "eval": evaluation,
+        "clustering": clustering,
         "featurize": feat_stats,
         "world_size": W,
         "wall_seconds": time.perf_counter() - t_day,
@@ -285,6 +308,25 @@ def run_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema, l
     return metrics
 
 
+def _positives(features: Path, day: dt.date, channel: str) -> tuple[np.ndarray, np.ndarray]:
+    users, items = [], []
+    for path in day_parts(str(features), day):
+        t = pq.read_table(path, columns=["user_id", "item_id", channel])
+        pos = t.column(channel).to_numpy() == 1
+        users.append(t.column("user_id").to_numpy()[pos])
+        items.append(t.column("item_id").to_numpy()[pos])
+    return np.concatenate(users), np.concatenate(items)
+
+
+def day_batches(
+    build: Callable[[int, int], RankingBatch], start: int, num_rows: int, global_batch: int, env: DistEnv
+) -> Iterator[tuple[int, RankingBatch]]:
+    """This rank's ``(g, batch)`` for every global batch of the day from position ``start`` (``build(lo, hi)``
+    reads and assembles positions [lo, hi)); run ahead in a :class:`~framework.trainers.common.Prefetcher`."""
+    for g, lo, hi in rank_slices(start, num_rows, global_batch, env.rank, env.world_size):
+        yield g, build(lo, hi)
+
+
 def _committed_checkpoint(day_dir: Path) -> Path:
     latest = Checkpointer(day_dir / "checkpoints").latest()
     if latest is None:
@@ -293,21 +335,22 @@ def _committed_checkpoint(day_dir: Path) -> Path:
 
 
 def _evaluate_next_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: LogSchema, log_days: list[dt.date],
-                       nxt: dt.date, state_path: Path, sm: ShardedModel, ids: dict[str, TableIds]) -> dict[str, Any]:  # fmt: skip
+                       nxt: dt.date, state_path: Path, sm: ShardedModel, ids: dict[str, TableIds],
+                       clusters: UserClusters | None) -> dict[str, Any]:  # fmt: skip
     """Day D's model on day D+1 (featurized from the state after D into work/D+1, reused by D+1's own run)."""
     features, _, _ = _featurize(cfg, env, job, schema, log_days, nxt, state_path)
     reader = FeatureReader(features, nxt, schema, cfg.history.channels)
     main = MAIN_TASK_DEFAULT if MAIN_TASK_DEFAULT in schema.labels else schema.positives[0]
     ts = reader.column("ts") if cfg.train.eval_windows > 1 else np.empty(0, np.int64)
     first = _evaluate(cfg, env, reader, 0, min(cfg.train.eval_examples, reader.num_rows), sm, ids, schema,
-                      segments=len(cfg.history.segment_edges) + 1)  # fmt: skip
+                      segments=len(cfg.history.segment_edges) + 1, clusters=clusters)  # fmt: skip
     windows = []
     if ts.size:
         edges = np.linspace(ts[0], ts[-1] + 1, cfg.train.eval_windows + 1)
         starts = np.searchsorted(ts, edges[:-1])
         for w, lo in enumerate(starts.tolist()):
             hi = min(lo + cfg.train.window_examples, int(np.searchsorted(ts, edges[w + 1])))
-            res = _evaluate(cfg, env, reader, lo, hi, sm, ids, schema, segments=0)
+            res = _evaluate(cfg, env, reader, lo, hi, sm, ids, schema, segments=0, clusters=clusters)
             hours = (edges[w] - ts[0]) / 3600.0, (edges[w + 1] - ts[0]) / 3600.0
             windows.append({"hours": [round(hours[0], 2), round(hours[1], 2)], "rows": hi - lo,
                             "nce": res["tasks"][main]["nce"], "auc": res["tasks"][main]["auc"]})  # fmt: skip
@@ -316,7 +359,8 @@ def _evaluate_next_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: L
 
 @torch.no_grad()
 def _evaluate(cfg: DailyJobConfig, env: DistEnv, reader: FeatureReader, lo: int, hi: int, sm: ShardedModel,
-              ids: dict[str, TableIds], schema: LogSchema, segments: int) -> dict[str, Any]:  # fmt: skip
+              ids: dict[str, TableIds], schema: LogSchema, segments: int,
+              clusters: UserClusters | None) -> dict[str, Any]:  # fmt: skip
     """AUC/NCE per task on positions [lo, hi) (ranks split them; metrics are gathered), NCE per segment."""
     sm.model.eval()
     B = cfg.train.eval_batch_size * env.world_size
@@ -331,7 +375,7 @@ def _evaluate(cfg: DailyJobConfig, env: DistEnv, reader: FeatureReader, lo: int,
         rows = reader.read(a + s0, a + s1)
         batch = make_log_batch(rows, formulation=cfg.model.formulation, ids=ids, labels=schema.labels,
                                channel=cfg.history.channels[0], num_time_buckets=cfg.train.num_time_buckets,
-                               pad_to=local).to(env.device)  # fmt: skip
+                               pad_to=local, user_map=clusters).to(env.device)  # fmt: skip
         logits = sm.model(batch.sparse, batch.time_buckets)
         overall.update(logits, batch.labels, batch.weights)
         seg = np.full(batch.batch_size, -1)

@@ -106,7 +106,7 @@ def loss_fn(logits_BT: torch.Tensor, batch: RankingBatch) -> torch.Tensor:
 def train_step(sm: ShardedModel, batch: RankingBatch) -> torch.Tensor:
     sm.model.train()
     sm.optimizer.zero_grad()
-    logits_BT = sm.model(batch.sparse, batch.time_buckets)
+    logits_BT = sm.model(batch.sparse, batch.time_buckets, batch.share_index or None)
     loss = loss_fn(logits_BT, batch)
     loss.backward()
     sm.optimizer.step()

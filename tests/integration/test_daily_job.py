@@ -127,3 +127,30 @@ def test_killed_at_two_ranks_finished_at_one(reference: dict, tmp_path: Path) ->
     for got, ref in zip(h, reference["history"], strict=True):
         if ref["eval"]:
             assert got["eval"]["tasks"]["click"]["nce"] == pytest.approx(ref["eval"]["tasks"]["click"]["nce"], abs=2e-3)
+
+
+def test_uc_clustering_replaces_users_by_their_clusters(reference: dict, tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    cmd = [sys.executable, "-m", "launch.cli", "daily", "--config", "configs/daily/ucr.yaml", "--nproc", "2",
+           "--catch-up", f"logs.root={reference['logs']}", f"train.run_dir={job}", *SMALL,
+           "clustering.max_cluster_size=25", "clustering.max_remap_ratio=0.2"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    h = history(job)
+    assert h[0]["ids"]["user"]["rows"] == 1  # day 1: no cluster exists yet, every user is row 0
+    first, second = h[0]["clustering"], h[1]["clustering"]
+    assert first["new_users"] == first["users"] > 0 and first["largest"] <= 25
+    assert second["remapped"] <= 0.2 * second["previously_clustered"] and second["largest"] <= 25
+    # Day 2's user table holds the clusters made after day 1 (+ row 0), far fewer rows than users.
+    assert h[1]["ids"]["user"]["rows"] <= first["clusters"] + 1 < first["users"]
+    assert (job / "days" / DAYS[1] / "clusters.npz").is_file()
+
+
+def test_webdataset_copy_of_the_logs_trains_identically(reference: dict, tmp_path: Path) -> None:
+    conv = subprocess.run([sys.executable, "-m", "launch.cli", "convert-logs", "--root", str(reference["logs"]),
+                           "--out", str(tmp_path / "wds"), "--to", "webdataset"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert conv.returncode == 0 and "3 day(s)" in conv.stdout, conv.stderr
+    proc = daily(tmp_path / "wds", tmp_path / "job", "--catch-up", "logs.format=webdataset")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert comparable(history(tmp_path / "job")) == comparable(reference["history"])

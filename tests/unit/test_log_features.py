@@ -119,3 +119,40 @@ def test_batches_feed_the_ranking_model(featurized, formulation: str) -> None:
                          embedding_backend="torch")  # fmt: skip
     logits = model(batch.sparse, batch.time_buckets)
     assert logits.shape == (64, 6) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("formulation", "pooling"), [("icr", "attention"), ("ucr", "sum"), ("hybrid", "attention")])
+def test_locality_batching_shares_each_owners_first_list(featurized, formulation: str, pooling: str) -> None:
+    from framework.data.logs.features import FeatureRows
+
+    root, days, state = featurized
+    rows = FeatureReader(root / "features", days[1], SCHEMA, HIST.channels).read(200, 456)
+    ids = {t: TableIds(t, "grow") for t in ("item", "user")}
+    ids["item"].observe(rows.columns["item_id"])
+    ids["user"].observe(state.users.ids)
+    kw = dict(formulation=formulation, ids=ids, labels=SCHEMA.labels, channel="click", num_time_buckets=16, pad_to=260)
+    shared = make_log_batch(rows, locality=True, **kw)
+    # The same rows with every list replaced by its owner's first list in the batch, the plain way.
+    lists = dict(rows.lists)
+    for feature, owner_col in (("item_hist", "user_id"), ("user_hist", "item_id")):
+        _, first, inverse = np.unique(rows.columns[owner_col], return_index=True, return_inverse=True)
+        leader = first[inverse]
+        for suffix in ("", "_ts"):
+            off, val = rows.lists[f"{feature}{suffix}.click"]
+            lengths = np.diff(off)[leader]
+            take = np.concatenate([np.arange(off[j], off[j + 1]) for j in leader])
+            lists[f"{feature}{suffix}.click"] = (np.concatenate([[0], np.cumsum(lengths)]), val[take])
+    reference_rows = FeatureRows(rows.columns, lists, rows.positions)
+    # No time encoding here: a shared list keeps the first row's relative times, the plain rows their own.
+    model = RankingModel(formulation=formulation, num_embeddings={t: ids[t].num_embeddings for t in ids},
+                         embedding_dim=8, task_names=list(SCHEMA.labels), num_time_buckets=0, pooling=pooling,
+                         embedding_backend="torch")  # fmt: skip
+    plain = make_log_batch(reference_rows, **kw)
+    got = model(shared.sparse, shared.time_buckets, shared.share_index)
+    want = model(plain.sparse, plain.time_buckets)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # Fewer ids travel to the embedding lookup: each owner's list once.
+    assert shared.sparse.values().numel() < plain.sparse.values().numel()
+    assert set(shared.share_index) == {f for f in ("item_hist", "user_hist") if f in shared.sparse.keys()}
+    ignored = model(shared.sparse, shared.time_buckets)  # teeth: without the share index the lists are missing
+    assert not torch.allclose(ignored, want, atol=1e-3)

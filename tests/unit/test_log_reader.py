@@ -225,3 +225,38 @@ def test_resumed_read_still_checks_time_order_against_rows_before(
     _replace_part(root, 3, pa.table(part))
     with pytest.raises(BadRecordBudgetExceeded, match="unsorted_ts"):
         read_all(LogReader(str(root), DAY, SCHEMA), start=380)
+
+
+# ------------------------------------------------------------------------------------------------ webdataset
+
+
+@pytest.fixture
+def tar_root(day_root: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    from framework.data.logs.convert import to_webdataset
+
+    root, rows = day_root
+    assert to_webdataset(str(root), tmp_path / "wds") == [DAY]
+    return tmp_path / "wds", rows
+
+
+def test_webdataset_copy_reads_like_parquet(tar_root: tuple[Path, dict[str, np.ndarray]]) -> None:
+    root, rows = tar_root
+    assert [Path(p).name for p in day_parts(str(root), DAY, "tar")] == [f"part-0000{i}.tar" for i in range(4)]
+    reader = LogReader(str(root), DAY, SCHEMA, chunk_rows=23, fmt="webdataset")
+    cols, positions = read_all(reader)
+    assert reader.num_rows == 500
+    np.testing.assert_array_equal(positions, np.arange(500))
+    for c in SCHEMA.columns:
+        np.testing.assert_array_equal(cols[c], rows[c], err_msg=c)
+    cols, positions = read_all(LogReader(str(root), DAY, SCHEMA, fmt="webdataset"), start=131)  # seek
+    np.testing.assert_array_equal(cols["item_id"], rows["item_id"][131:])
+
+
+def test_truncated_tar_is_a_bad_file(tar_root: tuple[Path, dict[str, np.ndarray]]) -> None:
+    root, _ = tar_root
+    path = root / f"day={DAY.isoformat()}" / "part-00002.tar"
+    path.write_bytes(path.read_bytes()[:700])
+    with pytest.raises(BadRecordBudgetExceeded, match=r"unreadable_file.*part-00002\.tar"):
+        _ = LogReader(str(root), DAY, SCHEMA, fmt="webdataset").num_rows
+    reader = LogReader(str(root), DAY, SCHEMA, fmt="webdataset", max_bad_records=1)
+    assert reader.num_rows == 250

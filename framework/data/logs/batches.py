@@ -9,7 +9,7 @@ the day's last, shorter global batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -29,18 +29,30 @@ def make_log_batch(
     channel: str,
     num_time_buckets: int,
     pad_to: int | None = None,
+    user_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    locality: bool = False,
 ) -> RankingBatch:
+    """``user_map``: raw user id -> the id the user table sees (UC-Clustering: its cluster, -1 for none).
+
+    ``locality`` (seed §3.5.3): the rows of one owner in this batch (ICR's item list: the user; UCR's user list: the
+    item) share the list of the owner's first row, which alone carries it (``share_index``): the list is looked up,
+    time-encoded and projected once per owner and batch. Later rows of the owner lose the batch's own earlier events
+    (and keep the first row's relative times): an approximation bounded by one batch.
+    """
     n = len(rows)
     B = max(n, pad_to or 0)
     ts = np.asarray(rows.columns["ts"], np.int64)
     values: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     buckets: dict[str, torch.Tensor] = {}
+    share: dict[str, torch.Tensor] = {}
     for feature in FEATURES_BY_FORMULATION[formulation]:
         table = ids[FEATURE_TABLE[feature]]
         lengths_B = np.zeros(B, np.int32)
         if feature.startswith("target_"):
             raw = rows.columns["item_id" if feature == "target_item" else "user_id"]
+            if feature == "target_user" and user_map is not None:
+                raw = user_map(raw)
             row_ids = np.zeros(B, np.int64)
             row_ids[:n] = table.rows(raw)
             lengths_B[:] = 1
@@ -48,7 +60,17 @@ def make_log_batch(
             offsets, raw = rows.lists[f"{feature}.{channel}"]
             _, hist_ts = rows.lists[f"{feature}_ts.{channel}"]
             per_row = np.diff(offsets)
+            if locality and n:
+                owner = rows.columns["user_id" if feature == "item_hist" else "item_id"]
+                _, first, inverse = np.unique(owner, return_index=True, return_inverse=True)
+                leader = first[inverse]
+                share[feature] = torch.from_numpy(np.concatenate([leader, np.arange(n, B)]).astype(np.int64))
+                keep = np.repeat(leader == np.arange(n), per_row)
+                raw, hist_ts = raw[keep], hist_ts[keep]
+                per_row = np.where(leader == np.arange(n), per_row, 0)
             lengths_B[:n] = per_row
+            if feature == "user_hist" and user_map is not None:
+                raw = user_map(raw)
             row_ids = table.rows(raw)
             delta = np.repeat(ts, per_row) - hist_ts
             buckets[feature] = torch.from_numpy(time_bucket(delta, num_time_buckets))
@@ -72,4 +94,5 @@ def make_log_batch(
         labels=torch.from_numpy(labels_BT),
         weights=torch.from_numpy(weights),
         example_index=torch.from_numpy(index),
+        share_index=share,
     )

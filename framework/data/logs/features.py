@@ -47,11 +47,12 @@ def featurize_logs(
     schema: LogSchema,
     *,
     max_bad_records: int = 0,
+    fmt: str = "parquet",
     rows_per_part: int = 1 << 20,
     row_group_rows: int = 65_536,
 ) -> dict[str, object]:
     """Featurize raw day ``day`` into ``out`` (folding it into ``state``); returns the day's reader statistics."""
-    reader = LogReader(log_root, day, schema, max_bad_records=max_bad_records)
+    reader = LogReader(log_root, day, schema, max_bad_records=max_bad_records, fmt=fmt)
     raw = ((c.columns, c.positions) for c in reader.chunks())
     channels = state.cfg.channels
 

@@ -25,6 +25,7 @@ batch ``g`` with ``g % K == k``: every row of the day is seen exactly once at an
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -98,6 +99,7 @@ class _RowGroup:
     index: int
     start: int  # day position of its first row
     num_rows: int
+    member: tuple[int, int] | None = None  # webdataset: (byte offset, size) of the sample's Arrow IPC stream
 
 
 class LogReader:
@@ -117,6 +119,9 @@ class LogReader:
         max_bad_records: the bad-record budget of this reader (0: fail on the first).
         chunk_rows: rows per yielded chunk at most (a row group is sliced into chunks).
         check_day: require ``ts`` inside the day (raw logs); featurized copies keep it too.
+        fmt: ``parquet`` (``part-NNNNN.parquet``) or ``webdataset`` (``part-NNNNN.tar`` written by
+            :func:`framework.data.logs.convert.to_webdataset`: one sample per row group, an Arrow IPC stream
+            ``<key>.arrow`` and ``<key>.json`` with its row count). Both read alike: positions, seeking, bad records.
     """
 
     def __init__(
@@ -128,7 +133,11 @@ class LogReader:
         max_bad_records: int = 0,
         chunk_rows: int = 65_536,
         check_day: bool = True,
+        fmt: str = "parquet",
     ) -> None:
+        if fmt not in ("parquet", "webdataset"):
+            raise ValueError(f"log format must be 'parquet' or 'webdataset', got {fmt!r}")
+        self.fmt = fmt
         if chunk_rows < 1 or max_bad_records < 0:
             raise ValueError(f"chunk_rows must be >= 1 and max_bad_records >= 0, got {chunk_rows}, {max_bad_records}")
         self.root, self.day, self.schema = root, day, schema
@@ -153,11 +162,55 @@ class LogReader:
             return None
         return pf
 
+    def _scan_tar(self, path: str) -> list[tuple[int, int, tuple[int, int]]] | None:
+        """(index, rows, (offset, size)) of every sample of a webdataset part, from its headers and .json members."""
+        import tarfile
+
+        try:
+            with self._fs.open_input_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                members = {m.name: m for m in tar.getmembers() if m.isfile()}
+                out = []
+                for name in sorted(n for n in members if n.endswith(".arrow")):
+                    key = name[: -len(".arrow")]
+                    meta = json.loads(tar.extractfile(members[f"{key}.json"]).read())  # type: ignore[union-attr]
+                    out.append((len(out), int(meta["rows"]), (members[name].offset_data, members[name].size)))
+        except (OSError, tarfile.TarError, KeyError, ValueError) as e:
+            self.bad.add("unreadable_file", 1, f"{path}: {e}")
+            return None
+        if out:
+            problems = self.schema.problems(self._read_member(path, out[0][2]).schema)
+            if problems:
+                self.bad.add("bad_schema", 1, f"{path}: {'; '.join(problems)}")
+                return None
+        return out
+
+    def _read_member(self, path: str, member: tuple[int, int]) -> pa.Table:
+        offset, size = member
+        with self._fs.open_input_file(path) as f:
+            f.seek(offset)
+            return pa.ipc.open_stream(f.read(size)).read_all()
+
+    def _read_group(self, g: _RowGroup, columns: list[str], files: dict[str, pq.ParquetFile]) -> pa.Table:
+        if g.member is not None:
+            return self._read_member(g.path, g.member).select(columns)
+        pf = files.get(g.path)
+        if pf is None:
+            files.clear()  # one file open at a time
+            pf = files[g.path] = pq.ParquetFile(self._fs.open_input_file(g.path))
+        return pf.read_row_group(g.index, columns=columns)
+
     def row_groups(self) -> list[_RowGroup]:
-        """Every readable row group of the day with its first position (reads only the files' footers)."""
+        """Every readable row group of the day with its first position (reads only footers / tar headers)."""
         if self._groups is None:
             groups, pos = [], 0
-            for path in day_parts(self.root, self.day):
+            suffix = "tar" if self.fmt == "webdataset" else "parquet"
+            for path in day_parts(self.root, self.day, suffix):
+                if self.fmt == "webdataset":
+                    samples = self._scan_tar(path)
+                    for i, n, member in samples or []:
+                        groups.append(_RowGroup(path, i, pos, n, member))
+                        pos += n
+                    continue
                 pf = self._open(path)
                 if pf is None:
                     continue
@@ -192,14 +245,10 @@ class LogReader:
             lo, hi = max(start, g.start), min(stop, g.start + g.num_rows)
             if lo >= hi:
                 continue
-            pf = open_files.get(g.path)
-            if pf is None:
-                open_files.clear()  # one file open at a time
-                pf = open_files[g.path] = pq.ParquetFile(self._fs.open_input_file(g.path))
             where = f"{g.path} row group {g.index}"
             try:
-                table = pf.read_row_group(g.index, columns=columns)
-            except (OSError, pa.ArrowException) as e:
+                table = self._read_group(g, columns, open_files)
+            except (OSError, pa.ArrowException, KeyError) as e:
                 self.bad.add("unreadable_row_group", hi - lo, f"{where}: {e}")
                 yield LogChunk(self._empty(columns), np.empty(0, np.int64), hi)
                 continue
@@ -215,7 +264,7 @@ class LogReader:
             return np.iinfo(np.int64).min
         for g in reversed(self.row_groups()):
             if g.start < start:
-                table = pq.ParquetFile(self._fs.open_input_file(g.path)).read_row_group(g.index, columns=["ts"])
+                table = self._read_group(g, ["ts"], {})
                 ts = table.column("ts").slice(0, start - g.start).drop_null().to_numpy()
                 if ts.size:
                     return int(ts.max())

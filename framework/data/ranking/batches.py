@@ -34,7 +34,7 @@ is then a handful of vectorized ``searchsorted``/``repeat`` operations.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -79,6 +79,8 @@ class RankingBatch:
         labels: float32 [B, T].
         weights: float32 [B]; 1 for real examples, 0 for padding.
         example_index: int64 [B]; event position in the Interactions, -1 for padding.
+        share_index: per ``*_hist`` feature with locality batching, int64 [B]: the row whose list each row
+            uses (the other rows' lists are empty in ``sparse``); empty without it.
     """
 
     sparse: KeyedJaggedTensor
@@ -86,6 +88,7 @@ class RankingBatch:
     labels: torch.Tensor
     weights: torch.Tensor
     example_index: torch.Tensor
+    share_index: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -100,6 +103,7 @@ class RankingBatch:
             labels=self.labels.to(device, non_blocking=non_blocking),
             weights=self.weights.to(device, non_blocking=non_blocking),
             example_index=self.example_index.to(device, non_blocking=non_blocking),
+            share_index={k: v.to(device, non_blocking=non_blocking) for k, v in self.share_index.items()},
         )
 
     def pin_memory(self) -> RankingBatch:
@@ -110,6 +114,7 @@ class RankingBatch:
             labels=self.labels.pin_memory(),
             weights=self.weights.pin_memory(),
             example_index=self.example_index.pin_memory(),
+            share_index={k: v.pin_memory() for k, v in self.share_index.items()},
         )
 
 

@@ -103,7 +103,14 @@ class RankingModel(nn.Module):
     def feature_names(self) -> list[str]:
         return [f for t in self.tables for f in TABLE_FEATURES[t]]
 
-    def forward(self, sparse: KeyedJaggedTensor, time_buckets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        sparse: KeyedJaggedTensor,
+        time_buckets: Mapping[str, torch.Tensor],
+        share_index: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``share_index[hist feature]`` (locality batching): int64 [B], the row whose list each row uses; the
+        other rows' lists are empty in ``sparse``, so each owner's list is looked up and projected once."""
         emb = self.sparse_arch(sparse)
         parts: list[torch.Tensor] = []
         dense: list[torch.Tensor] = []
@@ -112,9 +119,13 @@ class RankingModel(nn.Module):
             target_BD = emb[target_name].values()
             hist = emb[hist_name]
             offsets_B1 = hist.offsets()
-            pooled_BD = self.pools[hist_name](target_BD, hist.values(), offsets_B1, time_buckets.get(hist_name))
+            share_B = share_index.get(hist_name) if share_index else None
+            pooled_BD = self.pools[hist_name](
+                target_BD, hist.values(), offsets_B1, time_buckets.get(hist_name), share_B
+            )
+            lengths_B = hist.lengths() if share_B is None else hist.lengths()[share_B]
             parts += [target_BD, pooled_BD]
-            dense.append(torch.log1p(hist.lengths().to(target_BD.dtype))[:, None])
+            dense.append(torch.log1p(lengths_B.to(target_BD.dtype))[:, None])
         x_BF = torch.cat(parts + dense, dim=1)
         x_BF = self.interaction(x_BF)
         return torch.cat([self.heads[t](x_BF) for t in self.task_names], dim=1)
