@@ -361,7 +361,8 @@ def _evaluate_next_day(cfg: DailyJobConfig, env: DistEnv, job: JobDir, schema: L
 def _evaluate(cfg: DailyJobConfig, env: DistEnv, reader: FeatureReader, lo: int, hi: int, sm: ShardedModel,
               ids: dict[str, TableIds], schema: LogSchema, segments: int,
               clusters: UserClusters | None) -> dict[str, Any]:  # fmt: skip
-    """AUC/NCE per task on positions [lo, hi) (ranks split them; metrics are gathered), NCE per segment."""
+    """AUC/NCE per task on positions [lo, hi) (ranks split them; metrics are gathered), and per activeness segment
+    (``segments[s]``: ``rows``, NCE per task under the task's name, ``auc`` per task)."""
     sm.model.eval()
     B = cfg.train.eval_batch_size * env.world_size
     local = cfg.train.eval_batch_size
@@ -391,7 +392,8 @@ def _evaluate(cfg: DailyJobConfig, env: DistEnv, reader: FeatureReader, lo: int,
     }
     if segments:
         seg_res = [m.compute() for m in by_segment]
-        out["segments"] = {str(s): {"rows": int(r["num_examples"]), **{t: r[f"{t}/nce"] for t in tasks}}
+        out["segments"] = {str(s): {"rows": int(r["num_examples"]), **{t: r[f"{t}/nce"] for t in tasks},
+                                    "auc": {t: r[f"{t}/auc"] for t in tasks}}
                            for s, r in enumerate(seg_res)}  # fmt: skip
     return out
 

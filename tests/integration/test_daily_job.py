@@ -70,6 +70,7 @@ def test_catch_up_trains_each_day_once_with_growing_tables(reference: dict) -> N
     ev = h[0]["eval"]
     assert ev["rows"] == 1500 and 0.4 < ev["tasks"]["click"]["auc"] < 1.0
     assert sum(s["rows"] for s in ev["segments"].values()) == 1500 and len(ev["windows"]) == 6
+    assert set(ev["segments"]["0"]["auc"]) == set(ev["tasks"])
     for d in DAYS:
         day = reference["job"] / "days" / d
         assert (day / "state.npz").is_file() and (day / "vocab.item.npy").is_file()
