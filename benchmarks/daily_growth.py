@@ -34,9 +34,7 @@ import torch  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
     DirtyTreeError,
     check_results_path,
-    cpu_model,
-    environment_info,
-    git_commit,
+    result_header,
     write_result,
 )
 
@@ -184,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     result = {
-        "benchmark": "daily_growth",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"cpu: {cpu_model()}",
-        "git_commit": git_commit(REPO),
-        "env": environment_info(),
-        "command": [Path(sys.executable).name, *sys.argv],
+        **result_header("daily_growth"),
         "world": {f: str(getattr(world, f)) for f in world.__dataclass_fields__},
         "generator_seconds": gen_seconds,
         "warmup_days": warm,

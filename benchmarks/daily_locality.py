@@ -13,7 +13,6 @@ Writes ``benchmarks/results/daily_locality.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -30,9 +29,7 @@ from daily_growth import run_job  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
     DirtyTreeError,
     check_results_path,
-    cpu_model,
-    environment_info,
-    git_commit,
+    result_header,
     write_result,
 )
 
@@ -77,12 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {n: rows[f"{n}_locality"]["examples_per_s"] / rows[n]["examples_per_s"] for n in ("icr", "ucr")}
     nce_delta = {n: rows[f"{n}_locality"]["nce_mean"] - rows[n]["nce_mean"] for n in ("icr", "ucr")}
     result = {
-        "benchmark": "daily_locality",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"cpu: {cpu_model()}",
-        "git_commit": git_commit(REPO),
-        "env": environment_info(),
-        "command": [Path(sys.executable).name, *sys.argv],
+        **result_header("daily_locality"),
         "world": {f: str(getattr(world, f)) for f in world.__dataclass_fields__},
         "days": args.days,
         "jobs": rows,

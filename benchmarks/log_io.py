@@ -12,7 +12,6 @@ Writes ``benchmarks/results/log_io.json`` (``--out``) with the environment and g
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import tempfile
 import time
@@ -30,9 +29,7 @@ from framework.data.logs.schema import LogSchema  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
     DirtyTreeError,
     check_results_path,
-    cpu_model,
-    environment_info,
-    git_commit,
+    result_header,
     write_result,
 )
 
@@ -77,12 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"read + validated {rows:,} rows on one thread: best {best:.2f} s ({rows / best:,.0f} rows/s)")
 
     result: dict[str, Any] = {
-        "benchmark": "log_io",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": f"cpu: {cpu_model()}",
-        "git_commit": git_commit(REPO),
-        "env": environment_info(),
-        "command": [Path(sys.executable).name, *sys.argv],
+        **result_header("log_io"),
         "world": {f: str(getattr(cfg, f)) for f in cfg.__dataclass_fields__},
         "generator": {
             "events": args.events_per_day,

@@ -243,3 +243,18 @@ def others_cores(since: tuple[float, float, float]) -> float:
     """Average cores used by other processes since ``since`` (a :func:`cpu_seconds` reading): benchmark noise."""
     wall, busy, own = (b - a for a, b in zip(since, cpu_seconds(), strict=True))
     return max(0.0, (busy - own) / wall) if wall > 0 else math.nan
+
+
+def result_header(benchmark: str) -> dict[str, Any]:
+    """The fields every benchmark result starts with: name, date, device, git commit, environment, command line."""
+    import datetime
+    import sys
+
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"cpu: {cpu_model()}",
+        "git_commit": git_commit(REPO),
+        "env": environment_info(),
+        "command": [Path(sys.executable).name, *sys.argv],
+    }

@@ -67,3 +67,29 @@ def test_ranking_movielens_tune_then_run(ml100k_dir: Path, tmp_path: Path) -> No
         and r["config"]["model"]["embedding_dim"] == best["point"]["model.embedding_dim"]
     )
     assert "| ICR |" in proc.stdout and "logistic regression" in proc.stdout
+
+
+def test_log_io_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "log_io.json"
+    cmd = [sys.executable, "benchmarks/log_io.py", "--events-per-day", "50000", "--num-users", "2000",
+           "--new-items-per-day", "500", "--parts-per-day", "2", "--read-repeats", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["generator"]["events"] == 50000 and result["reader"]["rows"] == 50000
+    assert result["reader"]["rows_per_s"] > 0 and {"git_commit", "device", "env", "command"} <= result.keys()
+
+
+@pytest.mark.slow
+def test_daily_growth_benchmark_quick(tmp_path: Path) -> None:
+    out, figures = tmp_path / "daily.json", tmp_path / "figures"
+    cmd = [sys.executable, "benchmarks/daily_growth.py", "--days", "3", "--events-per-day", "6000", "--num-users",
+           "500", "--new-items-per-day", "100", "--jobs", "icr", "ucr", "--loader-steps", "2", "--out", str(out),
+           "--figures", str(figures), "train.eval_examples=1000", "train.global_batch_size=512"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["days"] == 3 and summary["icr_params_last_over_first"] > 1.0
+    assert set(summary["nce_last_day"]) == {"icr", "ucr"} and summary["loader_over_in_memory"] > 0
+    assert {p.name for p in figures.glob("*.png")} == {"model_size.png", "relative_nce.png", "nce_by_segment.png",
+                                                      "frozen_decay.png"}  # fmt: skip
