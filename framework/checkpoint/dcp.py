@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from framework.io import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -47,14 +49,6 @@ def fault_point(kind: str, value: object) -> None:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_atomic(obj: Any, out: str | Path) -> Path:
@@ -102,13 +96,13 @@ class Checkpointer:
                 json.dump({"step": step, **meta}, f, indent=2, default=str)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(partial)
+            fsync_dir(partial)
             replaced = None
             if final.exists():  # re-saving a step: keep the old copy until the new one is committed
                 replaced = final.with_name(final.name + ".replaced")
                 os.replace(final, replaced)
             os.replace(partial, final)  # atomic on POSIX: the checkpoint exists completely or not at all
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             if replaced is not None:
                 shutil.rmtree(replaced)
             for old in self.committed()[: -self.keep]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.checkpoint.dcp import fault_point
-from framework.io import fsync_dir, write_json_atomic
+from framework.io import atomic_write, fsync_dir, write_json_atomic
 
 
 class JobDir:
@@ -89,12 +89,8 @@ class JobDir:
     def rebuild_history(self) -> Path:
         lines = [json.dumps(json.loads((self.day_dir(d) / "metrics.json").read_text())) for d in self.committed_days()]
         path = self.root / "history.jsonl"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             f.write("".join(line + "\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return path
 
     def history(self) -> list[dict[str, Any]]:
