@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from framework.data.logs.schema import day_name, day_parts, list_days
-from framework.io import fsync_dir
+from framework.data.logs.schema import day_parts, list_days
+from framework.data.logs.writer import atomic_day_dir
 
 
 def to_webdataset(root: str, out: str | Path, days: list[dt.date] | None = None) -> list[dt.date]:
@@ -28,26 +27,16 @@ def to_webdataset(root: str, out: str | Path, days: list[dt.date] | None = None)
     out = Path(out)
     days = days if days is not None else list_days(root)
     for day in days:
-        final = out / day_name(day)
-        partial = final.with_name(final.name + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        for path in day_parts(root, day):
-            pf = pq.ParquetFile(path)
-            with wds.TarWriter(str(partial / Path(path).with_suffix(".tar").name), mtime=0) as sink:
-                for rg in range(pf.metadata.num_row_groups):
-                    table = pf.read_row_group(rg)
-                    stream = pa.BufferOutputStream()
-                    with pa.ipc.new_stream(stream, table.schema) as writer:
-                        writer.write_table(table)
-                    meta = {"rows": table.num_rows, "source": Path(path).name, "row_group": rg}
-                    sink.write({"__key__": f"{rg:06d}", "arrow": stream.getvalue().to_pybytes(),
-                                "json": json.dumps(meta).encode()})  # fmt: skip
-        (partial / "_SUCCESS").touch()
-        fsync_dir(partial)
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-    fsync_dir(out)
+        with atomic_day_dir(out, day) as partial:
+            for path in day_parts(root, day):
+                pf = pq.ParquetFile(path)
+                with wds.TarWriter(str(partial / Path(path).with_suffix(".tar").name), mtime=0) as sink:
+                    for rg in range(pf.metadata.num_row_groups):
+                        table = pf.read_row_group(rg)
+                        stream = pa.BufferOutputStream()
+                        with pa.ipc.new_stream(stream, table.schema) as writer:
+                            writer.write_table(table)
+                        meta = {"rows": table.num_rows, "source": Path(path).name, "row_group": rg}
+                        sink.write({"__key__": f"{rg:06d}", "arrow": stream.getvalue().to_pybytes(),
+                                    "json": json.dumps(meta).encode()})  # fmt: skip
     return days

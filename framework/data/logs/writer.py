@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,25 @@ def to_table(columns: Mapping[str, np.ndarray], schema: LogSchema) -> pa.Table:
     """Numpy columns -> an Arrow table of ``schema`` (columns cast to its types; a missing column is a KeyError)."""
     arrow = schema.arrow_schema()
     return pa.Table.from_arrays([pa.array(np.asarray(columns[f.name]), type=f.type) for f in arrow], schema=arrow)
+
+
+@contextmanager
+def atomic_day_dir(root: str | Path, day: dt.date) -> Iterator[Path]:
+    """Yields an empty ``<root>/day=YYYY-MM-DD.partial/`` to fill; on success it gets ``_SUCCESS`` and is renamed to
+    ``day=YYYY-MM-DD`` (replacing an older copy). A leftover ``.partial`` from a crash is removed first."""
+    root = Path(root)
+    final = root / day_name(day)
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # an interrupted earlier write of this day
+    partial.mkdir(parents=True)
+    yield partial
+    (partial / "_SUCCESS").touch()
+    fsync_dir(partial)
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    fsync_dir(root)
 
 
 def write_day(
@@ -46,20 +66,9 @@ def write_day(
         row_group_rows: rows per Parquet row group (the reader's unit of reading and seeking).
         compression: Parquet codec.
     """
-    root = Path(root)
-    final = root / day_name(day)
-    partial = final.with_name(final.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # an interrupted earlier write of this day
-    partial.mkdir(parents=True)
-    for i, part in enumerate(parts):
-        table = part if isinstance(part, pa.Table) else to_table(part, schema)
-        pq.write_table(table, partial / f"part-{i:05d}.parquet", row_group_size=row_group_rows,
-                       compression=compression)  # fmt: skip
-    (partial / "_SUCCESS").touch()
-    fsync_dir(partial)
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
-    fsync_dir(root)
-    return final
+    with atomic_day_dir(root, day) as partial:
+        for i, part in enumerate(parts):
+            table = part if isinstance(part, pa.Table) else to_table(part, schema)
+            pq.write_table(table, partial / f"part-{i:05d}.parquet", row_group_size=row_group_rows,
+                           compression=compression)  # fmt: skip
+    return Path(root) / day_name(day)
