@@ -33,16 +33,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from framework.data.jagged import concat_ranges
 from framework.data.logs.ids import IdIndex
 from framework.data.logs.schema import SECONDS_PER_DAY, LogSchema, day_start_ts
 from framework.data.ranking.hashing import stream_keys
+from framework.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +84,6 @@ def _grow(a: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
     new = np.full((max(rows, 2 * a.shape[0], 16), *a.shape[1:]), fill, a.dtype)
     new[: a.shape[0]] = a
     return new
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + l)`` for each (s, l)."""
-    lengths = np.asarray(lengths, np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    offsets = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, np.int64) - offsets, lengths) + np.arange(total)
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,11 +135,8 @@ class HistoryState:
 
     def save(self, path: str | Path) -> None:
         """One .npz, written to ``path.tmp`` and renamed (fsynced): a crash leaves the old file or the new one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         nu, ni = len(self.users), len(self.items)
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             np.savez(
                 f, user_ids=self.users.ids, item_ids=self.items.ids,
                 u_items=self.u_items[:nu], u_ts=self.u_ts[:nu], u_count=self.u_count[:nu], u_engaged=self.u_engaged[:nu],
@@ -156,9 +144,6 @@ class HistoryState:
                 i_last_ts=self.i_last_ts[:ni], days=np.array(self.days, dtype=str), last_ts=np.int64(self.last_ts),
                 config=np.array(repr(sorted(asdict(self.cfg).items()))),
             )  # fmt: skip
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path, cfg: HistoryConfig, positives: tuple[str, ...] | None = None) -> HistoryState:
@@ -209,12 +194,11 @@ class HistoryState:
         # Dense time rank inside the chunk: "strictly before" compares ranks, so equal timestamps never see each other.
         rank = np.concatenate([[0], np.cumsum(ts[1:] != ts[:-1])]).astype(np.int64) if E else ts
         rng = np.random.default_rng([cfg.seed, _TAG_DRAW, day_index, chunk_index])
-        for c, channel in enumerate(cfg.channels):
-            pos = np.flatnonzero(np.asarray(cols[channel]) == 1)
+        pos_by_channel = [np.flatnonzero(np.asarray(cols[channel]) == 1) for channel in cfg.channels]
+        for c, (channel, pos) in enumerate(zip(cfg.channels, pos_by_channel, strict=True)):
             out[f"item_hist/{channel}"] = self._item_lists(c, u, i, ts, rank, pos)
             out[f"user_hist/{channel}"] = self._user_lists(c, u, i, ts, rank, pos, rng)
-        for c, channel in enumerate(cfg.channels):
-            pos = np.flatnonzero(np.asarray(cols[channel]) == 1)
+        for c, pos in enumerate(pos_by_channel):  # folded only after every channel's lists: they see earlier rows only
             keys = stream_keys(cfg.seed, _TAG_RESERVOIR, c, day_index, positions[pos])
             self._fold(
                 c, u[pos], i[pos], ts[pos], keys, np.asarray(cols["user_id"])[pos], np.asarray(cols["item_id"])[pos]
@@ -224,9 +208,7 @@ class HistoryState:
             engaged |= np.asarray(cols[label], np.int64)
         np.add.at(self.u_engaged, u, engaged)
         if E:
-            touched = np.zeros(E, bool)
-            for channel in cfg.channels:
-                touched |= np.asarray(cols[channel]) == 1
+            touched = np.unique(np.concatenate(pos_by_channel))
             np.maximum.at(self.i_last_ts, i[touched], ts[touched])
             self.last_ts = int(ts[-1])
         return out
@@ -316,7 +298,7 @@ class HistoryState:
         items = np.unique(i)
         have = np.minimum(self.i_count[items, c], R)
         rows_old = np.repeat(items, have)
-        slots_old = _ranges(np.zeros_like(have), have)
+        slots_old = concat_ranges(np.zeros_like(have), have)
         cand_item = np.concatenate([rows_old, i])
         cand_key = np.concatenate([self.i_key[rows_old, c, slots_old], keys])
         cand_user = np.concatenate([self.i_users[rows_old, c, slots_old], user_raw])

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from framework.data.jagged import concat_ranges
 from framework.data.ranking.hashing import TABLE_SALTS, CollisionStats, IdMapper, stream_keys
 from framework.data.ranking.interactions import Interactions, SplitMode, split_indices
 from framework.data.ranking.sampling import reservoir_sample_keyed
@@ -348,7 +349,7 @@ class RankingData:
             start, end = self._prefix(csr, self._user_code_E[idx], idx)
             # Keep the most recent N: the tail of the strictly-earlier prefix.
             item_lengths = np.minimum(end - start, self.max_item_hist)
-            item_events = csr.events[_ranges(end - item_lengths, item_lengths)]
+            item_events = csr.events[concat_ranges(end - item_lengths, item_lengths)]
         if self._item_csr:
             csr = self._item_csr[view]
             start, end = self._prefix(csr, self._item_code_E[idx], idx)
@@ -370,7 +371,7 @@ class RankingData:
         out_offsets = np.cumsum(lengths) - lengths
         positions = np.empty(int(lengths.sum()), dtype=np.int64)
         short = count <= m
-        positions[_ranges(out_offsets[short], lengths[short])] = _ranges(start[short], count[short])
+        positions[concat_ranges(out_offsets[short], lengths[short])] = concat_ranges(start[short], count[short])
         long = ~short
         if long.any():
             # A fresh sample per example (not per item): reusing one sample per item would tie
@@ -551,16 +552,6 @@ class _Csr:
     events: np.ndarray
     offsets: np.ndarray
     keys: np.ndarray
-
-
-def _ranges(begins: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(b, b + n) for each (b, n), without a Python loop."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    out_start = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(begins, dtype=np.int64) - out_start, lengths) + np.arange(total, dtype=np.int64)
 
 
 def _check_batching(
