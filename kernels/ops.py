@@ -1,13 +1,22 @@
 """Public kernel entry points with an explicit backend choice.
 
-Backends: ``reference`` (kernels/reference/, readable PyTorch, fp32 math), ``triton`` (kernels/triton/, not written
-yet) and ``auto``, the only value that may choose; it logs its choice once per op. Asking for a backend that is
-not available raises :class:`BackendUnavailableError` instead of falling back silently.
+Backends: ``reference`` (kernels/reference/, readable PyTorch, fp32 math), ``triton`` (kernels/triton/, fused
+kernels registered as torch.library custom ops) and ``auto``, the only value that may choose. ``auto`` takes Triton
+for CUDA tensors when it is installed and the reference otherwise (on CPU the reference is the faster of the two:
+benchmarks/results/kernels_cpu.json), and logs its choice once per op and device type. Asking for a backend that
+cannot run raises :class:`BackendUnavailableError` instead of falling back silently: ``triton`` needs the package
+installed, and for CPU tensors the interpreter (``TRITON_INTERPRET=1`` set before the first Triton call; it is how
+CI checks parity without a GPU, far too slow for training). Nothing here touches CUDA at import time; Triton
+itself is imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
+import sys
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -18,21 +27,30 @@ logger = logging.getLogger(__name__)
 Backend = Literal["auto", "reference", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
-    "jagged_attention_pooling": ("reference",),
+    "jagged_attention_pooling": ("reference", "triton"),
     "jagged_sum_pooling": ("reference",),
 }
-"""op → its backends, best first (``auto`` takes the first)."""
-_AUTO_LOGGED: set[str] = set()
+"""op → the backends it has."""
+_AUTO_LOGGED: set[tuple[str, str]] = set()
 
 
 class BackendUnavailableError(RuntimeError):
     """The requested kernel backend cannot run here."""
 
 
+# find_spec locates the package without importing it (no CUDA, no driver query).
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
+def triton_installed() -> bool:
+    return _TRITON_FOUND
+
+
 def check_backend(op: str, backend: str) -> None:
     """Raise unless ``op`` can run with ``backend`` (ValueError: unknown name; BackendUnavailableError: not here).
 
-    Cheap and side-effect free (no device query), so configs can be validated before anything is launched.
+    Cheap and side-effect free (no device query, no Triton import), so configs can be validated before anything
+    is launched. Whether Triton can run on the tensors' device is checked at call time.
     """
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
@@ -40,17 +58,39 @@ def check_backend(op: str, backend: str) -> None:
         raise BackendUnavailableError(
             f"{op}: backend {backend!r} is not implemented (available: {', '.join(('auto', *IMPLEMENTED[op]))})"
         )
+    if backend == "triton" and not triton_installed():
+        raise BackendUnavailableError(f"{op}: backend 'triton' needs the triton package, which is not installed")
 
 
-def _resolve(op: str, backend: str) -> str:
+def prepare(op: str, backend: str) -> None:
+    """check_backend, then import the op's Triton module if it may be used, so that code compiled later with
+    ``torch.compile(fullgraph=True)`` finds it loaded (Dynamo cannot trace an import)."""
     check_backend(op, backend)
-    if backend == "auto":
-        choice = IMPLEMENTED[op][0]
-        if op not in _AUTO_LOGGED:
-            _AUTO_LOGGED.add(op)
-            logger.info("%s: backend=auto chose %s", op, choice)
-        return choice
-    return backend
+    if backend in ("auto", "triton") and "triton" in IMPLEMENTED[op] and triton_installed():
+        importlib.import_module(f"scalefirst_kernels.triton.{op}")
+
+
+def _triton(module: str, op: str, device: torch.device) -> ModuleType:
+    name = f"scalefirst_kernels.triton.{module}"
+    # sys.modules first: traceable by Dynamo once the module is loaded (see prepare()).
+    mod = sys.modules.get(name) or importlib.import_module(name)
+    if device.type != "cuda" and not sys.modules["scalefirst_kernels.triton"].INTERPRETED:
+        raise BackendUnavailableError(
+            f"{op}: backend 'triton' on {device.type} tensors runs only under the Triton interpreter; set "
+            "TRITON_INTERPRET=1 before the first Triton call (for parity checks: it is far too slow to train with)"
+        )
+    return mod
+
+
+def _resolve(op: str, backend: str, device: torch.device) -> str:
+    check_backend(op, backend)
+    if backend != "auto":
+        return backend
+    choice = "triton" if "triton" in IMPLEMENTED[op] and device.type == "cuda" and triton_installed() else "reference"
+    if (op, device.type) not in _AUTO_LOGGED:
+        _AUTO_LOGGED.add((op, device.type))
+        logger.info("%s: backend=auto chose %s for %s tensors", op, choice, device.type)
+    return choice
 
 
 def jagged_attention_pooling(
@@ -58,17 +98,24 @@ def jagged_attention_pooling(
     k_LHd: torch.Tensor,
     v_LHd: torch.Tensor,
     offsets_B1: torch.Tensor,
+    bias_LH: torch.Tensor | None = None,
     *,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Targeted multi-head attention pooling over jagged lists (see the reference for the math)."""
-    _resolve("jagged_attention_pooling", backend)
-    return _ref_jap.jagged_attention_pooling(q_BHd, k_LHd, v_LHd, offsets_B1)
+    """Targeted multi-head attention pooling over jagged lists: out_b = sum_j softmax_j(q_b.k_j/sqrt(d) + bias_j) v_j.
+
+    ``offsets_B1`` (int32 or int64, offsets[0] = 0, offsets[B] = L) delimits the lists; an empty list pools to zeros.
+    Output in ``v``'s dtype, math in fp32 (see kernels/reference/jagged_attention_pooling.py).
+    """
+    op = "jagged_attention_pooling"
+    if _resolve(op, backend, q_BHd.device) == "triton":
+        return _triton(op, op, q_BHd.device).jagged_attention_pooling(q_BHd, k_LHd, v_LHd, offsets_B1, bias_LH)
+    return _ref_jap.jagged_attention_pooling(q_BHd, k_LHd, v_LHd, offsets_B1, bias_LH)
 
 
 def jagged_sum_pooling(
     values_LD: torch.Tensor, offsets_B1: torch.Tensor, *, mean: bool = False, backend: Backend = "auto"
 ) -> torch.Tensor:
     """Sum/mean pooling over jagged lists."""
-    _resolve("jagged_sum_pooling", backend)
+    _resolve("jagged_sum_pooling", backend, values_LD.device)
     return _ref_jap.jagged_sum_pooling(values_LD, offsets_B1, mean=mean)

@@ -4,6 +4,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run under the interpreter (parity tests on CPU). It must be set before the first
+# Triton kernel is defined (triton.jit reads it at decoration), hence here, before any test imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 

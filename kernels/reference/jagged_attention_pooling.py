@@ -2,7 +2,8 @@
 
 Legend: B = batch (segments), L = total list elements (sum of lengths), H = heads, d = head dim.
 One query per segment (the target's embedding) attends over that segment's keys/values; no padding to the
-global max length. Empty segments pool to zeros.
+global max length. Empty segments pool to zeros. An optional additive per-position, per-head bias (e.g. a
+relative-time encoding) is added to the scores before the softmax.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ def segment_ids(offsets_B1: torch.Tensor, total: int) -> torch.Tensor:
 
 
 def jagged_attention_pooling(
-    q_BHd: torch.Tensor, k_LHd: torch.Tensor, v_LHd: torch.Tensor, offsets_B1: torch.Tensor
+    q_BHd: torch.Tensor,
+    k_LHd: torch.Tensor,
+    v_LHd: torch.Tensor,
+    offsets_B1: torch.Tensor,
+    bias_LH: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax_j(q_b · k_j / sqrt(d)) weighted sum of v_j over j in segment b, per head.
+    """softmax_j(q_b · k_j / sqrt(d) + bias_j) weighted sum of v_j over j in segment b, per head.
 
     Args:
         q_BHd: queries, one per segment.
         k_LHd: keys of all segments, concatenated.
         v_LHd: values, aligned with keys.
         offsets_B1: int64 [B+1], segment b is rows offsets[b]:offsets[b+1].
+        bias_LH: optional additive score bias per element and head (differentiable).
 
     Returns:
         out_BHd in the dtype of ``v_LHd`` (math in fp32).
@@ -42,6 +48,8 @@ def jagged_attention_pooling(
     q, k, v = q_BHd.float(), k_LHd.float(), v_LHd.float()
     seg_L = segment_ids(offsets_B1, L)
     scores_LH = (k * q.index_select(0, seg_L)).sum(-1) / math.sqrt(d)
+    if bias_LH is not None:
+        scores_LH = scores_LH + bias_LH.float()
     # Subtract the per-segment max before exp: scores of long lists would otherwise overflow in fp16/bf16 callers.
     max_BH = torch.full((B, H), float("-inf"), device=q.device).scatter_reduce(
         0, seg_L[:, None].expand(L, H), scores_LH, reduce="amax", include_self=True

@@ -56,7 +56,7 @@ class TargetedAttentionPooling(nn.Module):
         self.kv_proj = nn.Linear(dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
         self.time_emb = _time_embedding(num_time_buckets, dim)
-        ops.check_backend("jagged_attention_pooling", kernel_backend)
+        ops.prepare("jagged_attention_pooling", kernel_backend)
         self.kernel_backend = kernel_backend
 
     def forward(
