@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 from scalefirst_kernels.reference import jagged_attention_pooling as _ref_jap
+from scalefirst_kernels.reference import plackett_luce as _ref_pl
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,14 @@ BACKENDS: tuple[str, ...] = ("auto", "reference", "triton")
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "jagged_attention_pooling": ("reference", "triton"),
     "jagged_sum_pooling": ("reference",),
+    "plackett_luce_loss": ("reference", "triton"),
 }
 """op → the backends it has."""
+TRITON_MODULES: dict[str, str] = {
+    "jagged_attention_pooling": "jagged_attention_pooling",
+    "plackett_luce_loss": "plackett_luce",
+}
+"""op → its module in kernels/triton/."""
 _AUTO_LOGGED: set[tuple[str, str]] = set()
 
 
@@ -67,11 +74,11 @@ def prepare(op: str, backend: str) -> None:
     ``torch.compile(fullgraph=True)`` finds it loaded (Dynamo cannot trace an import)."""
     check_backend(op, backend)
     if backend in ("auto", "triton") and "triton" in IMPLEMENTED[op] and triton_installed():
-        importlib.import_module(f"scalefirst_kernels.triton.{op}")
+        importlib.import_module(f"scalefirst_kernels.triton.{TRITON_MODULES[op]}")
 
 
-def _triton(module: str, op: str, device: torch.device) -> ModuleType:
-    name = f"scalefirst_kernels.triton.{module}"
+def _triton(op: str, device: torch.device) -> ModuleType:
+    name = f"scalefirst_kernels.triton.{TRITON_MODULES[op]}"
     # sys.modules first: traceable by Dynamo once the module is loaded (see prepare()).
     mod = sys.modules.get(name) or importlib.import_module(name)
     if device.type != "cuda" and not sys.modules["scalefirst_kernels.triton"].INTERPRETED:
@@ -109,7 +116,7 @@ def jagged_attention_pooling(
     """
     op = "jagged_attention_pooling"
     if _resolve(op, backend, q_BHd.device) == "triton":
-        return _triton(op, op, q_BHd.device).jagged_attention_pooling(q_BHd, k_LHd, v_LHd, offsets_B1, bias_LH)
+        return _triton(op, q_BHd.device).jagged_attention_pooling(q_BHd, k_LHd, v_LHd, offsets_B1, bias_LH)
     return _ref_jap.jagged_attention_pooling(q_BHd, k_LHd, v_LHd, offsets_B1, bias_LH)
 
 
@@ -119,3 +126,17 @@ def jagged_sum_pooling(
     """Sum/mean pooling over jagged lists."""
     _resolve("jagged_sum_pooling", backend, values_LD.device)
     return _ref_jap.jagged_sum_pooling(values_LD, offsets_B1, mean=mean)
+
+
+def plackett_luce_loss(
+    ego_NM: torch.Tensor, order_NM: torch.Tensor, mu_M: torch.Tensor, *, backend: Backend = "auto"
+) -> torch.Tensor:
+    """Per-row position-weighted ListMLE: loss_n = sum_k mu_k (log sum_{j>=k} exp(s_j) - s_k), s_k =
+    ego[n, order[n, k]]; ``order`` (int64, each row a permutation, best first) carries no gradient.
+
+    Returns [N] in fp32 (the reference keeps float64 scores in float64).
+    """
+    op = "plackett_luce_loss"
+    if _resolve(op, backend, ego_NM.device) == "triton":
+        return _triton(op, ego_NM.device).plackett_luce_loss(ego_NM, order_NM, mu_M)
+    return _ref_pl.plackett_luce_loss(ego_NM, order_NM, mu_M)

@@ -103,7 +103,8 @@ class ModelConfig:
     """Attention heads (embedding_dim must be divisible by it)."""
     attention_backend: ops.Backend = "auto"
     """Kernel of the attention pooling (``scalefirst_kernels.ops.jagged_attention_pooling``): reference (PyTorch),
-    triton (not implemented yet, so an error) or auto (the best one available here; logged once)."""
+    triton (fused kernel; CUDA, or CPU under TRITON_INTERPRET=1) or auto (triton on CUDA, reference on CPU;
+    logged once)."""
     time_encoding: bool = True
     """Add a learned relative-time (log-minute bucket) embedding to every history element."""
     hash_size: dict[str, int | None] = field(default_factory=lambda: {"item": 100_000, "user": 100_000})
@@ -286,10 +287,17 @@ class ClipLossConfig:
     local_loss: bool = False
     """Each rank's loss uses only its own rows against the gathered columns (open_clip local-loss); the
     Plackett-Luce terms then rank its rows only. Default: the full global-batch loss on every rank."""
+    kernel_backend: ops.Backend = "auto"
+    """Kernel of the Plackett-Luce terms (``scalefirst_kernels.ops.plackett_luce_loss``): reference, triton or
+    auto (triton on CUDA, reference on CPU; logged once)."""
 
     def __post_init__(self) -> None:
         if self.lambda_in < 0 or self.lambda_cross < 0:
             raise ValueError(f"lambda_in/lambda_cross must be >= 0, got {self.lambda_in}, {self.lambda_cross}")
+        try:
+            ops.check_backend("plackett_luce_loss", self.kernel_backend)
+        except ops.BackendUnavailableError as e:
+            raise ValueError(f"kernel_backend={self.kernel_backend!r}: {e}") from e
         if self.lambda_ramp_steps < 0:
             raise ValueError(f"lambda_ramp_steps must be >= 0, got {self.lambda_ramp_steps}")
 

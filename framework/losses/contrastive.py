@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from scalefirst_kernels import ops
 
 Decay = Literal["log", "none"]
 TieBreak = Literal["stable", "random"]
@@ -52,10 +53,13 @@ def plackett_luce_loss(
     decay: Decay = "log",
     tie_break: TieBreak = "stable",
     generator: torch.Generator | None = None,
+    backend: ops.Backend = "auto",
 ) -> torch.Tensor:
     """Position-weighted ListMLE of each ego row against the order given by the same row of ``ref``.
 
-    Returns the mean over rows of ``-sum_k mu_k * log pi(y_k | y_<k)`` (see the module docstring).
+    Returns the mean over rows of ``-sum_k mu_k * log pi(y_k | y_<k)`` (see the module docstring). The ordering
+    (a sort of ``ref``, with the tie-break) is done here; the gather, reverse log-cumsum-exp and weighting are
+    ``scalefirst_kernels.ops.plackett_luce_loss`` (``backend``: reference, triton or auto).
     """
     if ego_NM.shape != ref_NM.shape or ego_NM.dim() != 2:
         raise ValueError(f"ego and ref must be equal 2-D shapes, got {tuple(ego_NM.shape)} and {tuple(ref_NM.shape)}")
@@ -71,13 +75,10 @@ def plackett_luce_loss(
         order_NM = torch.argsort(ref, dim=1, descending=True, stable=True)
     else:
         raise ValueError(f"tie_break must be 'stable' or 'random', got {tie_break!r}")
-    # fp32 at least (logcumsumexp over half-precision scores loses the top ranks), float64 kept as is.
-    scores_NM = ego_NM.to(torch.promote_types(ego_NM.dtype, torch.float32)).gather(1, order_NM)
-    # log sum_{j >= k} exp(s_j): a reverse cumulative logsumexp over the ranked scores.
-    tail_lse_NM = torch.logcumsumexp(scores_NM.flip(1), dim=1).flip(1)
-    log_pi_NM = scores_NM - tail_lse_NM
-    mu_M = rank_weights(m, decay, ego_NM.device, scores_NM.dtype)
-    return -(log_pi_NM * mu_M).sum(1).mean()
+    # Both backends do the math in fp32 at least (a reverse logcumsumexp over half-precision scores loses the top
+    # ranks); the reference keeps float64 as is.
+    mu_M = rank_weights(m, decay, ego_NM.device)
+    return ops.plackett_luce_loss(ego_NM, order_NM, mu_M, backend=backend).mean()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,8 @@ class RankCLIPLossConfig:
     per_position: bool = False
     """Divide each Plackett-Luce term by the list length (a mean over ranked positions instead of the thesis'
     sum), so the ranking terms stay O(1) as the batch grows; the authors' code divides by the batch size too."""
+    kernel_backend: ops.Backend = "auto"
+    """Kernel of the Plackett-Luce terms (``scalefirst_kernels.ops.plackett_luce_loss``)."""
 
 
 def rankclip_loss(
@@ -117,7 +120,7 @@ def rankclip_loss(
     scale = logit_scale if cfg.scale_by_temperature else 1.0
     clip = clip_loss(img_ND, txt_ND, logit_scale, rows)
     zero = clip.new_zeros(())
-    pl = {"decay": cfg.decay, "tie_break": cfg.tie_break, "generator": generator}
+    pl = {"decay": cfg.decay, "tie_break": cfg.tie_break, "generator": generator, "backend": cfg.kernel_backend}
     l_in, l_cross = zero, zero
     if cfg.lambda_in:
         l_in = plackett_luce_loss(scale * txt_ND[r] @ txt_ND.T, img_ND[r] @ img_ND.T, **pl)

@@ -51,10 +51,10 @@ FINAL_MODEL = "final/model.pt"
 RESUMABLE_CHANGES = (
     "train.max_steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.resume",
     "train.log_every", "train.progress", "train.tensorboard", "data.train_shards", "data.val_shards",
-    "data.vocab_path", "engine.backend", "engine.zero_stage", "engine.device",
+    "data.vocab_path", "engine.backend", "engine.zero_stage", "engine.device", "loss.kernel_backend",
 )  # fmt: skip
-"""Config keys a resumed run may change (more steps, logging, paths, the ZeRO layout); any other difference
-refuses the checkpoint."""
+"""Config keys a resumed run may change (more steps, logging, paths, the ZeRO layout, the loss kernel); any other
+difference refuses the checkpoint."""
 
 
 def resume_epoch(data_position: dict[str, int]) -> int:
@@ -77,6 +77,7 @@ def loss_config(cfg: ClipLossConfig, step: int = 0) -> RankCLIPLossConfig:
         scale_by_temperature=cfg.scale_by_temperature,
         tie_break=cfg.tie_break,
         per_position=cfg.per_position,
+        kernel_backend=cfg.kernel_backend,
     )
 
 

@@ -1,4 +1,5 @@
-"""``model.attention_backend`` (ranking): validated in the config, passed to the attention-pooling kernel."""
+"""Kernel backends in configs: ``model.attention_backend`` (ranking pooling) and ``loss.kernel_backend`` (RankCLIP
+Plackett-Luce terms) are validated with the key named, and reach the kernels."""
 
 from __future__ import annotations
 
@@ -56,3 +57,14 @@ def test_reference_and_auto_compute_the_same() -> None:
         target, hist = torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
         outputs.append(pool(target, hist, torch.tensor([0, 2, 2, 5]), torch.tensor([0, 1, 2, 3, 4])))
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_rankclip_loss_kernel_backend_is_validated_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    clip_demo = REPO / "configs" / "clip" / "demo.yaml"
+    assert load_job_config(clip_demo).loss.kernel_backend == "auto"
+    assert load_job_config(clip_demo, ["loss.kernel_backend=triton"]).loss.kernel_backend == "triton"
+    with pytest.raises(ConfigError, match=r"loss\.kernel_backend: expected one of"):
+        load_job_config(clip_demo, ["loss.kernel_backend=cuda"])
+    monkeypatch.setattr(ops, "triton_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"loss\.kernel_backend='triton': .*not installed"):
+        load_job_config(clip_demo, ["loss.kernel_backend=triton"])
