@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from scalefirst_kernels.reference import jagged_attention_pooling as _ref_jap
 from scalefirst_kernels.reference import plackett_luce as _ref_pl
+from scalefirst_kernels.reference import softmax_ce_hvp as _ref_ce
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "jagged_attention_pooling": ("reference", "triton"),
     "jagged_sum_pooling": ("reference",),
     "plackett_luce_loss": ("reference", "triton"),
+    "softmax_ce_hvp": ("reference", "triton"),
 }
 """op → the backends it has."""
 TRITON_MODULES: dict[str, str] = {
     "jagged_attention_pooling": "jagged_attention_pooling",
     "plackett_luce_loss": "plackett_luce",
+    "softmax_ce_hvp": "softmax_ce_hvp",
 }
 """op → its module in kernels/triton/."""
 _AUTO_LOGGED: set[tuple[str, str]] = set()
@@ -140,3 +143,12 @@ def plackett_luce_loss(
     if _resolve(op, backend, ego_NM.device) == "triton":
         return _triton(op, ego_NM.device).plackett_luce_loss(ego_NM, order_NM, mu_M)
     return _ref_pl.plackett_luce_loss(ego_NM, order_NM, mu_M)
+
+
+def softmax_ce_hvp(logits_NC: torch.Tensor, tangents_KNC: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
+    """Softmax cross-entropy Hessian wrt the logits times K tangents: (diag(p_n) - p_n p_n^T) u_kn, [K, N, C]
+    in the tangents' dtype (labels do not enter it). Used by ``scalefirst_kernels.hvp.linear_softmax_ce_hvp``."""
+    op = "softmax_ce_hvp"
+    if _resolve(op, backend, logits_NC.device) == "triton":
+        return _triton(op, logits_NC.device).softmax_ce_hvp(logits_NC, tangents_KNC)
+    return _ref_ce.softmax_ce_hvp(logits_NC, tangents_KNC)
