@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import launch.cli
+import launch.preflight
 from launch.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
             ["train", "--config", DEMO, "train.global_batch_size=abc"],
             ["train.global_batch_size: expected int", "<command line>"],
         ),
-        (["train", "--config", DEMO, "model.attention_backend=triton"], ["model.attention_backend='triton'"]),
+        (["train", "--config", DEMO, "model.attention_backend=cuda"], ["model.attention_backend: expected one of"]),
         (["train", "--config", "no/such.yaml"], ["config file not found: "]),
         (["demo", "--run-dir", "unused", "model.num_heads=3"], ["not divisible by num_heads=3"]),
     ],
@@ -57,6 +58,35 @@ def test_bad_key_or_value_is_one_line_and_exit_2(
     for fragment in fragments:
         assert fragment in line
     assert launches == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["train", "--config", DEMO, "model.attention_backend=triton"], "model.attention_backend"),
+        (["train", "--config", CLIP, "loss.kernel_backend=triton"], "loss.kernel_backend"),
+    ],
+)
+def test_triton_backend_without_a_gpu_is_refused_before_launch(
+    argv: list[str],
+    key: str,
+    launches: list[tuple],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CPU machine, no interpreter: every rank would fail on its first step, so preflight refuses, naming the key.
+    (The test session sets TRITON_INTERPRET=1 for the parity tests; a training run would not.)"""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device can run the Triton kernels")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"ConfigError: {key}: 'triton' needs a CUDA device") and "<command line>" in line
+    assert launches == []
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    launch.preflight._kernel_backend("triton")  # the interpreter (parity checks) is allowed explicitly
 
 
 def test_missing_movielens_path(tmp_path: Path, launches: list[tuple], capsys: pytest.CaptureFixture[str]) -> None:
