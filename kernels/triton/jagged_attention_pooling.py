@@ -37,18 +37,24 @@ def _load_rows(base, rows, h, dd, row_ok, hd_ok, stride_l, stride_h):
 
 
 @triton.jit
-def _fwd_kernel(
-    q_ptr, k_ptr, v_ptr, bias_ptr, off_ptr, out_ptr, lse_ptr,
-    H, D, scale,
-    HAS_BIAS: tl.constexpr, BL: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
-):  # fmt: skip
+def _segment(off_ptr, H, D, BH: tl.constexpr, BD: tl.constexpr):
+    """This program's list b, its rows start:end, and the head / head-dim lanes with their masks."""
     b = tl.program_id(0).to(tl.int64)
     start = tl.load(off_ptr + b).to(tl.int64)
     end = tl.load(off_ptr + b + 1).to(tl.int64)
     h = tl.arange(0, BH)
     dd = tl.arange(0, BD)
     h_ok = h < H
-    hd_ok = h_ok[:, None] & (dd[None, :] < D)
+    return b, start, end, h, dd, h_ok, h_ok[:, None] & (dd[None, :] < D)
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, bias_ptr, off_ptr, out_ptr, lse_ptr,
+    H, D, scale,
+    HAS_BIAS: tl.constexpr, BL: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
+):  # fmt: skip
+    b, start, end, h, dd, h_ok, hd_ok = _segment(off_ptr, H, D, BH, BD)
     q_HD = tl.load(q_ptr + b * H * D + h[:, None] * D + dd[None, :], mask=hd_ok, other=0.0).to(tl.float32) * scale
     m_H = tl.full([BH], float("-inf"), tl.float32)
     l_H = tl.zeros([BH], tl.float32)
@@ -91,13 +97,7 @@ def _bwd_kernel(
     H, D, scale,
     HAS_BIAS: tl.constexpr, BL: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    start = tl.load(off_ptr + b).to(tl.int64)
-    end = tl.load(off_ptr + b + 1).to(tl.int64)
-    h = tl.arange(0, BH)
-    dd = tl.arange(0, BD)
-    h_ok = h < H
-    hd_ok = h_ok[:, None] & (dd[None, :] < D)
+    b, start, end, h, dd, h_ok, hd_ok = _segment(off_ptr, H, D, BH, BD)
     hd = b * H * D + h[:, None] * D + dd[None, :]
     q_HD = tl.load(q_ptr + hd, mask=hd_ok, other=0.0).to(tl.float32)
     do_HD = tl.load(do_ptr + hd, mask=hd_ok, other=0.0).to(tl.float32)

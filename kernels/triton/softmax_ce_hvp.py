@@ -22,6 +22,17 @@ BLOCK_K = 16
 
 
 @triton.jit
+def _tile(z_ptr, u_ptr, n, ks, k_ok, c0, N, C, m, den, BC: tl.constexpr):
+    """Classes c0:c0+BC of row n: softmax probabilities p [BC] and the tangents u [BK, BC] (fp32), their offsets."""
+    cols = c0 + tl.arange(0, BC)
+    ok = cols < C
+    p = tl.exp(tl.load(z_ptr + n * C + cols, mask=ok, other=float("-inf")).to(tl.float32) - m) / den
+    kc = ks[:, None] * N * C + n * C + cols[None, :]
+    kc_ok = k_ok[:, None] & ok[None, :]
+    return p, tl.load(u_ptr + kc, mask=kc_ok, other=0.0).to(tl.float32), kc, kc_ok
+
+
+@triton.jit
 def _kernel(z_ptr, u_ptr, out_ptr, N, C, K, BK: tl.constexpr, BC: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     ks = tl.program_id(1).to(tl.int64) * BK + tl.arange(0, BK)
@@ -40,21 +51,12 @@ def _kernel(z_ptr, u_ptr, out_ptr, N, C, K, BK: tl.constexpr, BC: tl.constexpr):
     dot = tl.zeros([BK], tl.float32)
     c0 = 0
     while c0 < C:
-        cols = c0 + tl.arange(0, BC)
-        ok = cols < C
-        p = tl.exp(tl.load(z_ptr + n * C + cols, mask=ok, other=float("-inf")).to(tl.float32) - m) / den
-        kc = ks[:, None] * N * C + n * C + cols[None, :]
-        u = tl.load(u_ptr + kc, mask=k_ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
+        p, u, _kc, _kc_ok = _tile(z_ptr, u_ptr, n, ks, k_ok, c0, N, C, m, den, BC)
         dot += tl.sum(p[None, :] * u, axis=1)
         c0 += BC
     c0 = 0
     while c0 < C:
-        cols = c0 + tl.arange(0, BC)
-        ok = cols < C
-        p = tl.exp(tl.load(z_ptr + n * C + cols, mask=ok, other=float("-inf")).to(tl.float32) - m) / den
-        kc = ks[:, None] * N * C + n * C + cols[None, :]
-        kc_ok = k_ok[:, None] & ok[None, :]
-        u = tl.load(u_ptr + kc, mask=kc_ok, other=0.0).to(tl.float32)
+        p, u, kc, kc_ok = _tile(z_ptr, u_ptr, n, ks, k_ok, c0, N, C, m, den, BC)
         tl.store(out_ptr + kc, (p[None, :] * (u - dot[:, None])).to(out_ptr.dtype.element_ty), mask=kc_ok)
         c0 += BC
 
