@@ -104,10 +104,25 @@ def unflatten(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
 def hvp_matvec(
     f: Callable[[Params], torch.Tensor], primals: Params, mode: Mode = "fwd_rev"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A [K, P] -> [K, P] Hessian product on flat vectors (what the solvers take)."""
+    """A [K, P] -> [K, P] Hessian product on flat vectors (what the solvers take). rev_rev builds the gradient
+    graph at ``primals`` once and every call only replays its VJP; fwd_rev runs one jvp of the gradient per call,
+    vmapped over the K tangents (``torch.func.linearize`` would cache it, but warns from inside torch.fx)."""
+    _check_mode(mode)
+    if mode == "fwd_rev":
+
+        def lin_fn(t: Params) -> Params:
+            return jvp(grad(f), (primals,), (t,))[1]
+
+    else:
+        _, vjp_fn = vjp(grad(f), primals)
+
+        def lin_fn(t: Params) -> Params:
+            return vjp_fn(t)[0]
+
+    batched = vmap(lin_fn)
 
     def matvec(v_KP: torch.Tensor) -> torch.Tensor:
-        return flatten(hvp_multi(f, primals, unflatten(v_KP, primals), mode), batch_dims=1)
+        return flatten(batched(unflatten(v_KP, primals)), batch_dims=1)
 
     return matvec
 

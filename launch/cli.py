@@ -346,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_train)
 
+    p = sub.add_parser("al", help="active learning: every strategy x seed of a family: active config")
+    p.add_argument("--nproc", type=int, default=1, help="ranks (torchrun): DAO's candidate scoring is split")
+    p.add_argument("--config", required=True)
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_train)
+
     p = sub.add_parser("export", help="checkpoint -> plain state dict")
     p.add_argument("--checkpoint", required=True, help="a committed checkpoint dir (run_dir/checkpoints/step_*)")
     p.add_argument("--out", required=True)

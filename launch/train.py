@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     with RunLogging(process_rank(), verbose=args.verbose) as logs:
         cfg = load_job_config(args.config, args.overrides)
-        logs.to_file(cfg.train.run_dir)
+        logs.to_file(cfg.loop.run_dir if cfg.family == "active" else cfg.train.run_dir)
         try:
             return get_trainer(cfg.family)(cfg)
         finally:

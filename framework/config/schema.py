@@ -10,6 +10,8 @@ from typing import Literal
 
 from scalefirst_kernels import ops
 
+from framework.active.dao import DAOConfig
+from framework.active.train import FitConfig
 from framework.data.logs.clustering import ClusteringConfig
 from framework.data.logs.history import HistoryConfig
 from framework.models.clip.model import CLIPConfig
@@ -506,5 +508,64 @@ class DailyJobConfig:
     job: DayPlanConfig = field(default_factory=DayPlanConfig)
 
 
-JOB_SCHEMAS: dict[str, type] = {"ranking": RankingJobConfig, "clip": ClipJobConfig, "daily": DailyJobConfig}
+@dataclass(kw_only=True, slots=True)
+class ActiveDataConfig:
+    pool: Literal["digits", "shapes", "digits_multimodal"] = "digits"
+    """framework/active/data.py: real digits (1,797), rendered shapes (>= 10k), digits + a weak second modality."""
+    seed: int = 0
+    """Fixes the test split (and the shapes renders, the second modality) for every AL seed."""
+    num_pool: int = 12_000
+    """shapes only: pool size."""
+    num_test: int = 2_000
+    """shapes only: test set size."""
+    image_size: int = 16
+    """shapes only: render size in pixels."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ActiveLoopConfig:
+    initial: int = 10
+    """Labels before the first round (the same for every strategy of a seed)."""
+    per_round: int = 10
+    """Labels acquired per round (the budget k)."""
+    rounds: int = 8
+    """Acquisition rounds; accuracy is recorded rounds + 1 times (after each retraining)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "dao"])
+    """Any of framework.active.loop.STRATEGIES."""
+    model: Literal["cnn", "mlp", "late_fusion"] = "cnn"
+    """The task model f."""
+    surrogate: Literal["cnn", "mlp", "late_fusion"] = "mlp"
+    """DAO's surrogate pi, retrained each round (a different architecture from f)."""
+    width: int = 16
+    bald_samples: int = 20
+    """MC-dropout samples for BALD."""
+    warm_start: bool = False
+    """Continue from the previous round's weights instead of retraining from scratch (the thesis retrains)."""
+    run_dir: str = "runs/active"
+
+    def __post_init__(self) -> None:
+        from framework.active.loop import STRATEGIES
+
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"strategies: unknown {unknown}; choose from {', '.join(STRATEGIES)}")
+        if self.initial < 1 or self.per_round < 1 or self.rounds < 0:
+            raise ValueError("initial and per_round must be >= 1 and rounds >= 0")
+
+
+@dataclass(kw_only=True, slots=True)
+class ActiveJobConfig:
+    family: Literal["active"] = "active"
+    data: ActiveDataConfig = field(default_factory=ActiveDataConfig)
+    loop: ActiveLoopConfig = field(default_factory=ActiveLoopConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    """Training of f and pi each round (framework/active/train.py)."""
+    dao: DAOConfig = field(default_factory=DAOConfig)
+    """DAO's constants (framework/active/dao.py), those the thesis does not give included."""
+
+
+JOB_SCHEMAS: dict[str, type] = {
+    "ranking": RankingJobConfig, "clip": ClipJobConfig, "daily": DailyJobConfig, "active": ActiveJobConfig,
+}  # fmt: skip
 """family name → job config schema. New trainer families register here."""

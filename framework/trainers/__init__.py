@@ -10,6 +10,7 @@ TRAINERS: dict[str, str] = {
     "ranking": "framework.trainers.ranking:train",
     "clip": "framework.trainers.clip:train",
     "daily": "framework.jobs.daily:run",
+    "active": "framework.active.loop:train",
 }
 
 
