@@ -26,6 +26,8 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # against; its own dependencies (torchvision, timm, huggingface-hub) are not needed for that and torchvision does
 # not load with the CPU torch: --no-deps, and never `import open_clip` (its __init__ imports torchvision).
 "${PIP[@]}" --no-deps open-clip-torch==3.3.0
+# baal (tests compare the AL baselines with it) declares jupyter, which nothing here needs.
+"${PIP[@]}" --no-deps baal==2.1.0
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
 "$VENV/bin/python" -c "import torch, torchrec, fbgemm_gpu, framework, scalefirst_kernels; from framework.data.clip.bpe import default_vocab_path; assert default_vocab_path(), 'open_clip vocabulary missing'; print('[setup] ok: torch', torch.__version__)" >&2
 echo "$WANT" > "$STAMP"
