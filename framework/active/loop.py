@@ -27,9 +27,10 @@ from torch import nn
 
 from framework.active import strategies as S
 from framework.active.acquisition import select_batch
+from framework.active.bmmal import bmmal_select
 from framework.active.dao import DAOConfig, dao_scores
 from framework.active.data import POOLS, Pool
-from framework.active.models import build_model
+from framework.active.models import LateFusion, build_model
 from framework.active.train import FitConfig, accuracy, embeddings, fit, predict_probs
 from framework.checkpoint.dcp import fault_point
 from framework.distributed.env import init_distributed
@@ -37,7 +38,7 @@ from framework.io import atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge")
+BASELINES = ("random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "bmmal")
 DAO_VARIANTS = {"dao": None, "dao_topk": "topk", "dao_softrank": "softrank", "dao_softmax": "softmax",
                 "dao_power": "power"}  # fmt: skip
 STRATEGIES = (*BASELINES, *DAO_VARIANTS)
@@ -120,6 +121,10 @@ def select(strategy: str, ctx: RoundContext, k: int, cfg: Any) -> torch.Tensor:
     if strategy == "badge":
         g = S.gradient_embeddings(predict_probs(ctx.model, x_U), embeddings(ctx.model, x_U))
         return S.kmeans_pp_seeding(g, k, gen)
+    if strategy == "bmmal":
+        if not isinstance(ctx.model, LateFusion):
+            raise ValueError("bmmal needs loop.model=late_fusion on a two-modality pool")
+        return bmmal_select(ctx.model, *x_U, k, gen, shards=cfg.loop.bmmal_shards)
     if strategy in DAO_VARIANTS:
         scores = sharded_dao_scores(ctx, cfg.dao, cfg.fit, cfg.loop.surrogate)
         method = DAO_VARIANTS[strategy] or cfg.dao.acquisition
@@ -158,6 +163,8 @@ def run_one(cfg: Any, pool: Pool, strategy: str, seed: int, *, write: bool) -> d
         record: dict[str, Any] = {"round": r, "labels": labeled.numel(),
                                   "accuracy": accuracy(model, pool.x_test, pool.y_test),
                                   "fit_seconds": time.perf_counter() - t0}  # fmt: skip
+        if isinstance(model, LateFusion):
+            record["per_modality"] = per_modality_accuracy(model, pool)
         if r < cfg.loop.rounds:
             mask = torch.ones(len(pool), dtype=torch.bool)
             mask[labeled] = False
@@ -178,6 +185,15 @@ def run_one(cfg: Any, pool: Pool, strategy: str, seed: int, *, write: bool) -> d
         logger.info("%s seed %d round %d: %d labels, accuracy %.4f", strategy, seed, r, record["labels"],
                     record["accuracy"])  # fmt: skip
     return state
+
+
+@torch.no_grad()
+def per_modality_accuracy(model: LateFusion, pool: Pool) -> dict[str, float]:
+    """Test accuracy of each head: C_1 (image only), C_2 (second modality only), C_mm (fused)."""
+    model.eval()
+    heads = model.heads(*pool.x_test)
+    return {name: float((h.argmax(1) == pool.y_test).float().mean()) for name, h in zip(("m1", "m2", "mm"), heads,
+                                                                                     strict=True)}  # fmt: skip
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:

@@ -540,6 +540,8 @@ class ActiveLoopConfig:
     width: int = 16
     bald_samples: int = 20
     """MC-dropout samples for BALD."""
+    bmmal_shards: int = 1
+    """BMMAL on large pools: k-means++ in this many random shards, k/S labels from each."""
     warm_start: bool = False
     """Continue from the previous round's weights instead of retraining from scratch (the thesis retrains)."""
     run_dir: str = "runs/active"
