@@ -93,3 +93,20 @@ def test_daily_growth_benchmark_quick(tmp_path: Path) -> None:
     assert set(summary["nce_last_day"]) == {"icr", "ucr"} and summary["loader_over_in_memory"] > 0
     assert {p.name for p in figures.glob("*.png")} == {"model_size.png", "relative_nce.png", "nce_by_segment.png",
                                                       "frozen_decay.png"}  # fmt: skip
+
+
+def test_active_learning_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "al.json"
+    cmd = [sys.executable, "benchmarks/active_learning.py", "--protocols", "digits", "--seeds", "2", "--rounds", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    s = result["summary"]
+    assert set(s) == {"labels", "accuracy_mean", "dao_minus_random", "dao_minus_entropy", "p_value_dao_vs_random"}
+    assert s["labels"] == [10, 20] and s["p_value_dao_vs_random"][0] is None  # round 0: the same initial labels
+    assert {"random", "entropy", "bald", "coreset", "badge", "dao", "dao_topk", "dao_softmax"} <= set(
+        s["accuracy_mean"]
+    )
+    assert all(0 < a <= 1 for v in s["accuracy_mean"].values() for a in v)
+    assert (out.with_suffix("") / "digits_vs_random.png").stat().st_size > 1000
