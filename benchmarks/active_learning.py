@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from framework.active.loop import run, summarize  # noqa: E402
 from framework.active.report import paired_difference, plot_curves, plot_heatmap  # noqa: E402
 from framework.config import load_job_config  # noqa: E402
-from framework.trainers.common import DirtyTreeError, check_results_path, result_header, write_result  # noqa: E402
+from framework.trainers.common import check_results_or_exit, result_header, write_result  # noqa: E402
 
 DIGITS = ["random", "least_confidence", "margin", "entropy", "bald", "coreset", "badge", "dao", "dao_topk",
           "dao_softmax"]  # fmt: skip
@@ -67,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--dao-params", default="head", choices=["head", "all"])
     args = p.parse_args(argv)
-    try:
-        check_results_path(args.out)
-    except DirtyTreeError as e:
-        print(e, file=sys.stderr)
-        return 2
+    check_results_or_exit(p, args.out)
     torch.set_num_threads(1)
     out_path = Path(args.out)
     fig_dir = out_path.with_suffix("")

@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from daily_growth import run_job  # noqa: E402
 
 from framework.trainers.common import (  # noqa: E402
-    DirtyTreeError,
-    check_results_path,
+    check_results_or_exit,
     result_header,
     write_result,
 )
@@ -42,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-items-per-day", type=int, default=400)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "daily_locality.json"))
     args = p.parse_args(argv)
-    try:
-        check_results_path(args.out)
-    except DirtyTreeError as e:
-        print(e, file=sys.stderr)
-        return 2
+    check_results_or_exit(p, args.out)
     from framework.data.logs.generator import WorldConfig, generate_logs
 
     t0 = time.perf_counter()

@@ -27,8 +27,7 @@ from framework.data.logs.generator import WorldConfig, generate_logs  # noqa: E4
 from framework.data.logs.reader import LogReader  # noqa: E402
 from framework.data.logs.schema import LogSchema  # noqa: E402
 from framework.trainers.common import (  # noqa: E402
-    DirtyTreeError,
-    check_results_path,
+    check_results_or_exit,
     result_header,
     write_result,
 )
@@ -46,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--read-repeats", type=int, default=3)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "log_io.json"))
     args = p.parse_args(argv)
-    try:
-        check_results_path(args.out)
-    except DirtyTreeError as e:
-        print(e, file=sys.stderr)
-        return 2
+    check_results_or_exit(p, args.out)
     cfg = WorldConfig(num_users=args.num_users, events_per_day=args.events_per_day,
                       new_items_per_day=args.new_items_per_day, parts_per_day=args.parts_per_day)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,7 @@ from suite import (  # noqa: E402
     summary,
 )
 
-from framework.trainers.common import DirtyTreeError, check_results_path, result_header, write_result  # noqa: E402
+from framework.trainers.common import check_results_or_exit, result_header, write_result  # noqa: E402
 
 POOLING = [  # configs/ranking/din_throughput.yaml: 1024 rows per rank, dim 64, 2 heads, lists <= 100
     {"B": 1024, "mean_len": 50, "max_len": 100, "D": 64, "H": 2, "dtype": torch.float32},
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    try:
-        check_results_path(args.out)
-    except DirtyTreeError as e:
-        print(e, file=sys.stderr)
-        return 2
+    check_results_or_exit(p, args.out)
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     result = result_header("kernels_cpu")

@@ -34,7 +34,7 @@ from suite import (  # noqa: E402
     summary,
 )
 
-from framework.trainers.common import DirtyTreeError, check_results_path, result_header, write_result  # noqa: E402
+from framework.trainers.common import check_results_or_exit, result_header, write_result  # noqa: E402
 
 POOLING = [  # the first one is the headline of the summary; torch.compile peers (~1 min each) on the first two
     ({"B": 4096, "mean_len": 128, "max_len": 1024, "D": 128, "H": 4, "dtype": torch.bfloat16}, True),
@@ -51,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, no torch.compile (checks the script runs)")
     args = p.parse_args(argv)
-    try:
-        check_results_path(args.out)
-    except DirtyTreeError as e:
-        print(e, file=sys.stderr)
-        return 2
+    check_results_or_exit(p, args.out)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu --smoke for a smoke test", file=sys.stderr)

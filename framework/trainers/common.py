@@ -82,6 +82,16 @@ def check_results_path(out: str | Path, repo: str | Path = REPO) -> None:
         )
 
 
+def check_results_or_exit(parser: Any, *outs: str | Path) -> None:
+    """:func:`check_results_path` for each of a benchmark's outputs before it starts; a dirty tree ends the script
+    through ``parser.error`` (usage + the reason, exit status 2)."""
+    try:
+        for out in outs:
+            check_results_path(out)
+    except DirtyTreeError as e:
+        parser.error(str(e))
+
+
 def write_result(out: str | Path, payload: Mapping[str, Any]) -> None:
     """:func:`check_results_path`, then :func:`write_json_atomic`: how benchmarks write their JSON."""
     check_results_path(out)
