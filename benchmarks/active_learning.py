@@ -9,7 +9,7 @@
 - multimodal: digits + a weak generated modality, late fusion: BMMAL vs BADGE vs random vs entropy, per-modality
   accuracy.
 DAO runs with ``dao.params`` (default here: head, the fused output-layer path; ``--dao-params all`` for the whole
-CNN, ~40x slower on this CPU). Writes benchmarks/results/active_learning.json (``summary``: the results interface)
+CNN, ~70x slower on this CPU). Writes benchmarks/results/active_learning.json (``summary``: the results interface)
 and figures in benchmarks/results/active_learning/.
 """
 
