@@ -554,6 +554,8 @@ class ActiveLoopConfig:
             raise ValueError(f"strategies: unknown {unknown}; choose from {', '.join(STRATEGIES)}")
         if self.initial < 1 or self.per_round < 1 or self.rounds < 0:
             raise ValueError("initial and per_round must be >= 1 and rounds >= 0")
+        if "bmmal" in self.strategies and self.model != "late_fusion":
+            raise ValueError(f"strategies: bmmal needs model: late_fusion (a two-modality pool), got {self.model!r}")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -90,3 +90,17 @@ def test_sample_proposal_step_probabilities_and_exclusion() -> None:
     # Drawing the whole pool: every weight is 1 (each point is seen exactly once).
     full_idx, full_q = sample_proposal(torch.ones(1, 5), 5)
     torch.testing.assert_close(lure_weights(full_q, 5), torch.ones(1, 5, dtype=torch.float64))
+
+
+def test_active_config_errors_name_the_key() -> None:
+    from pathlib import Path
+
+    from framework.config import ConfigError, load_job_config
+
+    digits = Path(__file__).resolve().parents[2] / "configs" / "active" / "digits.yaml"
+    with pytest.raises(ConfigError, match=r"loop\.strategies: unknown \['dao9'\]"):
+        load_job_config(digits, ["loop.strategies=[dao9]"])
+    with pytest.raises(ConfigError, match=r"loop\.strategies: bmmal needs model: late_fusion"):
+        load_job_config(digits, ["loop.strategies=[bmmal]"])
+    with pytest.raises(ConfigError, match=r"dao\.damping"):
+        load_job_config(digits, ["dao.damping=-1"])
