@@ -46,7 +46,8 @@ def fit(model: nn.Module, xs: tuple[torch.Tensor, ...], y: torch.Tensor, cfg: Fi
 def predict_logits(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
     model.eval()
     n = xs[0].shape[0]
-    return torch.cat([model(*(x[i : i + batch_size] for x in xs)) for i in range(0, n, batch_size)]) if n else None
+    # max(n, 1): an empty pool still yields one (empty) batch, so the result is [0, C], not an error.
+    return torch.cat([model(*(x[i : i + batch_size] for x in xs)) for i in range(0, max(n, 1), batch_size)])
 
 
 def predict_probs(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
@@ -57,7 +58,7 @@ def predict_probs(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: in
 def embeddings(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
     model.eval()
     n = xs[0].shape[0]
-    return torch.cat([model.embed(*(x[i : i + batch_size] for x in xs)) for i in range(0, n, batch_size)])
+    return torch.cat([model.embed(*(x[i : i + batch_size] for x in xs)) for i in range(0, max(n, 1), batch_size)])
 
 
 def accuracy(model: nn.Module, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> float:
