@@ -72,7 +72,7 @@ def sharded_dao_scores(ctx: RoundContext, cfg: DAOConfig, fit_cfg: FitConfig, su
     """DAO scores of every unlabeled candidate; under torchrun the candidates are cut into chunks of
     ``dao.chunk``, rank r scores chunks r, r + W, ... and the scores are all-gathered. A chunk is the same set of
     candidates whatever W is, so each score is computed by the same operations on the same data and W ranks select
-    exactly what one does (tests/distributed/test_active_dao.py). Splitting candidates more finely would not: CG
+    exactly what one does (tests/distributed/test_active_dao_ranks.py). Splitting candidates more finely would not: CG
     amplifies the last-bit differences that batched HVPs of another batch size make, to ~1e-5 relative."""
     pool, lab, unl = ctx.pool, ctx.labeled, ctx.unlabeled
     x_L, y_L = tuple(x[lab] for x in pool.x), pool.y[lab]
