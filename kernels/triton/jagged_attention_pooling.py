@@ -191,9 +191,10 @@ def jagged_attention_pooling_bwd(
     # empty_like, not zeros: offsets cover every row of k/v (offsets[0] = 0, offsets[B] = L, as the reference
     # assumes), so the kernel writes all of dk/dv/dbias and a memset would be a wasted pass over L*H*d.
     alloc = torch.empty_like if B else torch.zeros_like
-    dq, dk, dv = alloc(q), alloc(k), alloc(v)
-    dbias = alloc(bias_LH) if bias_LH is not None else q.new_empty((0,))
     bias = bias_LH.contiguous() if bias_LH is not None else k
+    # Allocated like the contiguous copies the kernel indexes (a strided bias would get strided dbias otherwise).
+    dq, dk, dv = alloc(q), alloc(k), alloc(v)
+    dbias = alloc(bias) if bias_LH is not None else q.new_empty((0,))
     if B:
         BH, BD = _tiles(H, d)
         _bwd_kernel[(B,)](

@@ -242,6 +242,27 @@ def test_attention_pooling_bf16_close_to_fp32_inputs_BHd(backend: str) -> None:
     assert torch.equal(out16[1], torch.zeros(2, 8, dtype=torch.bfloat16))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_pooling_non_contiguous_inputs_BHd(backend: str) -> None:
+    """Views with other strides (a transposed bias, k/v slices of a fused kv projection) give the contiguous
+    inputs' outputs and gradients, and gradients of the views' shapes."""
+    lengths = [3, 0, 40, 1]
+    q, k, v, cot, bias = _inputs(lengths, 2, 4, torch.float32, bias=True)
+    offsets = _offsets_B1(lengths)
+    kv = torch.cat([k, v], dim=-1).requires_grad_()  # [L, H, 2d]: k and v are strided halves
+    bias_HL = bias.T.contiguous().requires_grad_()
+    qg = q.clone().requires_grad_()
+    out = pool(backend, qg, kv[..., :4], kv[..., 4:], offsets, bias_HL.T)
+    grads = torch.autograd.grad((out * cot).sum(), [qg, kv, bias_HL])
+    ins = [x.clone().requires_grad_() for x in (q, k, v, bias)]
+    ref = pool("reference", *ins[:3], offsets, ins[3])
+    ref_grads = torch.autograd.grad((ref * cot).sum(), ins)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], ref_grads[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], torch.cat(ref_grads[1:3], dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[2], ref_grads[3].T, rtol=1e-5, atol=1e-5)
+
+
 def test_triton_pooling_traces_under_torch_compile_without_graph_breaks() -> None:
     """custom_op + register_fake + register_autograd: fullgraph compile (aot_eager: no C++ toolchain needed)
     traces forward and backward through the kernel and gives the eager result."""
