@@ -55,11 +55,40 @@ def test_outside_git_is_refused(tmp_path: Path) -> None:
         check_results_path(tmp_path / "benchmarks" / "results" / "x.json", tmp_path)
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+BENCHMARKS = sorted(
+    str(p.relative_to(REPO / "benchmarks"))
+    for p in (REPO / "benchmarks").rglob("*.py")
+    if "write_result" in p.read_text() or p.parent == REPO / "benchmarks"
+)
+"""Every script that writes results (benchmarks/*.py and the kernel scripts under benchmarks/kernels/)."""
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
 def test_every_benchmark_checks_before_running_and_writes_through_the_guard(script: str) -> None:
     calls = {
         node.func.id
         for node in ast.walk(ast.parse((REPO / "benchmarks" / script).read_text()))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
-    assert {"check_results_path", "write_result"} <= calls and "write_json_atomic" not in calls
+    assert calls & {"check_results_path", "check_results_or_exit"}, "no results-path check before running"
+    assert "write_result" in calls and "write_json_atomic" not in calls
+
+
+def test_check_results_or_exit_ends_through_the_parser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    import framework.trainers.common as common
+
+    parser = argparse.ArgumentParser(prog="bench")
+    common.check_results_or_exit(parser, tmp_path / "x.json")  # outside benchmarks/results/: allowed, returns
+
+    def dirty(out, repo=common.REPO):
+        raise DirtyTreeError(f"refusing to write {out}: dirty")
+
+    monkeypatch.setattr(common, "check_results_path", dirty)
+    with pytest.raises(SystemExit) as info:
+        common.check_results_or_exit(parser, tmp_path / "a.json", tmp_path / "b.json")
+    assert info.value.code == 2
+    assert "bench: error: refusing to write" in capsys.readouterr().err
