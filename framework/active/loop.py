@@ -32,9 +32,9 @@ from framework.active.dao import DAOConfig, dao_scores
 from framework.active.data import POOLS, Pool
 from framework.active.models import LateFusion, build_model
 from framework.active.train import FitConfig, accuracy, embeddings, fit, predict_probs
-from framework.checkpoint.dcp import fault_point
+from framework.checkpoint.dcp import fault_point, save_atomic
 from framework.distributed.env import init_distributed
-from framework.io import atomic_write, write_json_atomic
+from framework.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def run_one(cfg: Any, pool: Pool, strategy: str, seed: int, *, write: bool) -> d
         state["labeled"] = labeled.tolist()
         if write:
             if cfg.loop.warm_start:
-                _save_weights(model, weights_path)
+                save_atomic(model.state_dict(), weights_path)
             write_json_atomic(path, state)
         fault_point("kill_after_round", f"{strategy}:{seed}:{r}")
         logger.info("%s seed %d round %d: %d labels, accuracy %.4f", strategy, seed, r, record["labels"],
@@ -194,12 +194,6 @@ def per_modality_accuracy(model: LateFusion, pool: Pool) -> dict[str, float]:
     heads = model.heads(*pool.x_test)
     return {name: float((h.argmax(1) == pool.y_test).float().mean()) for name, h in zip(("m1", "m2", "mm"), heads,
                                                                                      strict=True)}  # fmt: skip
-
-
-def _save_weights(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as fh:
-        torch.save(model.state_dict(), fh)
 
 
 def run(cfg: Any) -> dict[str, dict[int, dict[str, Any]]]:
