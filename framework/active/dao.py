@@ -175,6 +175,54 @@ def _head_scores(f, x_h, y_h, xs_U, pi, cfg: DAOConfig, seed: int, cand: torch.T
     return out
 
 
+def _hessian_sample(x_L: tuple[torch.Tensor, ...], y_L: torch.Tensor, cfg: DAOConfig, seed: int):
+    """The n_ihvp labeled points H is estimated from (float64 inputs)."""
+    h_idx = torch.randperm(y_L.numel(), generator=torch.Generator().manual_seed(seed))[: cfg.n_ihvp]
+    return tuple(x[h_idx].double() for x in x_L), y_L[h_idx]
+
+
+def _functional(f: nn.Module, names: list[str], x_h: tuple[torch.Tensor, ...], y_h: torch.Tensor, cfg: DAOConfig):
+    """(theta: the moved parameters, logits(params, xs) with the others fixed, the Hessian matvec on (x_h, y_h))."""
+    f_H, theta = H.module_loss(f, lambda out: F.cross_entropy(out, y_h), x_h, params=names)
+    fixed = {k: v.detach() for k, v in f.named_parameters() if k not in theta}
+
+    def logits(p: dict[str, torch.Tensor], xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return functional_call(f, {**fixed, **p}, xs)
+
+    return theta, logits, H.hvp_matvec(f_H, theta, cfg.hvp_mode)
+
+
+def _soft_ce_grad(logits: Callable):
+    """Per-example gradient of the cross-entropy against a soft target, vmapped: (theta, xs [K, ...], t [K, C])."""
+
+    def soft_ce(p, x, target):
+        return -(target * torch.log_softmax(logits(p, tuple(t[None] for t in x)), dim=1)[0]).sum()
+
+    return vmap(grad(soft_ce), in_dims=(None, 0, 0))
+
+
+def updated_parameters(
+    model: nn.Module,
+    x_L: tuple[torch.Tensor, ...],
+    y_L: torch.Tensor,
+    x_K: tuple[torch.Tensor, ...],
+    target_KC: torch.Tensor,
+    cfg: DAOConfig,
+    seed: int,
+) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
+    """DAO's parameter update for K points whose (soft) labels are given: theta - (H + damping I)^-1 grad
+    l(x_k, target_k) / (n + 1), or the one-SGD-step ablation (``cfg.update``), on ``cfg.params``. Returns the
+    float64 eval copy of ``model`` and K full parameter dicts for ``functional_call`` (the ablation of thesis
+    fig. 2.5a: a labeled point added, without retraining)."""
+    f = copy.deepcopy(model).double().eval()
+    n = y_L.numel()
+    theta, logits, matvec = _functional(f, _param_names(f, cfg.params), *_hessian_sample(x_L, y_L, cfg, seed), cfg)
+    g_KP = H.flatten(_soft_ce_grad(logits)(theta, tuple(x.double() for x in x_K), target_KC.double()), batch_dims=1)
+    step = H.unflatten(influence_step(matvec, g_KP, n, cfg), theta)
+    base = {k: v.detach() for k, v in f.named_parameters()}
+    return f, [{**base, **{k: theta[k].detach() + step[k][i] for k in theta}} for i in range(target_KC.shape[0])]
+
+
 def dao_scores(
     model: nn.Module,
     x_L: tuple[torch.Tensor, ...],
@@ -204,26 +252,16 @@ def dao_scores(
     cand = torch.arange(N) if candidates is None else candidates.long()
     n = y_L.numel()
     names = _param_names(f, cfg.params)
-    h_idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: cfg.n_ihvp]
-    x_h, y_h = tuple(x[h_idx].double() for x in x_L), y_L[h_idx]
+    x_h, y_h = _hessian_sample(x_L, y_L, cfg, seed)
     if fused_head and cfg.params == "head" and isinstance(getattr(f, "head", None), nn.Linear) and hasattr(f, "embed"):
         return _head_scores(f, x_h, y_h, xs_U, pi, cfg, seed, cand, n)
-    f_H, theta = H.module_loss(f, lambda out: F.cross_entropy(out, y_h), x_h, params=names)
-    fixed = {k: v.detach() for k, v in f.named_parameters() if k not in theta}
-
-    def logits(p: dict[str, torch.Tensor], xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return functional_call(f, {**fixed, **p}, xs)
-
+    theta, logits, matvec = _functional(f, names, x_h, y_h, cfg)
     with torch.no_grad():
         logp_U = torch.log_softmax(logits(theta, xs_U), dim=1)
     label_U = _labels(logp_U, pi, cfg.expected_gradient)
     proposal_N = _proposal(logp_U, pi, cfg)
 
-    def soft_ce(p, x, target):
-        return -(target * torch.log_softmax(logits(p, tuple(t[None] for t in x)), dim=1)[0]).sum()
-
-    expected_grad = vmap(grad(soft_ce), in_dims=(None, 0, 0))
-    matvec = H.hvp_matvec(f_H, theta, cfg.hvp_mode)
+    expected_grad = _soft_ce_grad(logits)
     out = torch.empty(cand.numel(), dtype=torch.float64)
     for start in range(0, cand.numel(), cfg.chunk):
         idx_K = cand[start : start + cfg.chunk]

@@ -3,7 +3,8 @@
 Legend: N = pool, L = labeled, U = unlabeled, C = classes, T = MC-dropout samples.
 
 For each (strategy, seed): the initial labeled set depends on the seed only (every strategy starts from the same
-labels), then each round retrains f (from scratch by default, as the thesis does; ``loop.warm_start`` continues
+labels: a random draw, or MMCSAL's cold-start pick with ``loop.initial_strategy: mmcsal``, computed once per seed
+and kept in ``<run_dir>/cold_start/seed<k>.json``), then each round retrains f (from scratch by default, as the thesis does; ``loop.warm_start`` continues
 from the previous round's weights), records test accuracy (and per-modality accuracy on two-modality pools), and
 acquires ``per_round`` labels. ``<run_dir>/<strategy>/seed<k>.json`` is rewritten atomically after every round
 with the labeled set and every round's record, so a killed run resumes at the next round and, every random draw
@@ -25,12 +26,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from framework.active import mmcsal
 from framework.active import strategies as S
 from framework.active.acquisition import select_batch
 from framework.active.bmmal import bmmal_select
 from framework.active.dao import DAOConfig, dao_scores
 from framework.active.data import POOLS, Pool
-from framework.active.models import LateFusion, build_model
+from framework.active.models import LateFusion, build_model, modality_encoders
 from framework.active.train import FitConfig, accuracy, embeddings, fit, predict_probs
 from framework.checkpoint.dcp import fault_point, save_atomic
 from framework.distributed.env import init_distributed
@@ -60,6 +62,29 @@ def _stream(seed: int, round_: int, salt: int) -> int:
 
 def initial_labels(pool: Pool, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(len(pool), generator=torch.Generator().manual_seed(_stream(seed, 0, 99)))[:n]
+
+
+def cold_start_labels(cfg: Any, pool: Pool, seed: int, *, write: bool) -> torch.Tensor:
+    """The seed's initial labeled set (``loop.initial`` indices), shared by every strategy of the seed."""
+    n = cfg.loop.initial
+    if cfg.loop.initial_strategy == "random":
+        return initial_labels(pool, n, seed)
+    path = Path(cfg.loop.run_dir) / "cold_start" / f"seed{seed}.json"
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("method") != cfg.loop.initial_strategy or len(record.get("labeled", ())) != n:
+            raise ValueError(f"{path} holds another cold start ({record.get('method')}, "
+                             f"{len(record.get('labeled', ()))} labels); expected mmcsal with {n}")  # fmt: skip
+        return torch.tensor(record["labeled"], dtype=torch.int64)
+    if pool.num_modalities != 2:
+        raise ValueError(f"loop.initial_strategy=mmcsal needs a two-modality pool; {pool.name} has "
+                         f"{pool.num_modalities}")  # fmt: skip
+    encoders = modality_encoders(tuple(tuple(x.shape[1:]) for x in pool.x), cfg.loop.width)
+    picked, info = mmcsal.cold_start(*pool.x, n, cfg.mmcsal, _stream(seed, 0, 98), encoders)
+    if write:
+        write_json_atomic(path, {"method": "mmcsal", "seed": seed, "labeled": picked.tolist(), **info})
+    logger.info("mmcsal cold start, seed %d: %d labels in %.1f s", seed, n, info["seconds"])
+    return picked
 
 
 def _rank_world() -> tuple[int, int]:
@@ -148,10 +173,14 @@ def run_one(cfg: Any, pool: Pool, strategy: str, seed: int, *, write: bool) -> d
         state = json.loads(path.read_text())
         if state.get("strategy") != strategy or state.get("seed") != seed:
             raise ValueError(f"{path} belongs to another run ({state.get('strategy')}, seed {state.get('seed')})")
+        if state.get("initial_strategy", "random") != cfg.loop.initial_strategy:
+            raise ValueError(f"{path} started from a {state.get('initial_strategy', 'random')} cold start; "
+                             f"loop.initial_strategy is {cfg.loop.initial_strategy}")  # fmt: skip
         labeled = torch.tensor(state["labeled"], dtype=torch.int64)
     else:
-        labeled = initial_labels(pool, cfg.loop.initial, seed)
-        state = {"strategy": strategy, "seed": seed, "pool": pool.name, "rounds": [], "labeled": labeled.tolist()}
+        labeled = cold_start_labels(cfg, pool, seed, write=write)
+        state = {"strategy": strategy, "seed": seed, "pool": pool.name, "initial_strategy": cfg.loop.initial_strategy,
+                 "rounds": [], "labeled": labeled.tolist()}  # fmt: skip
     fit_cfg = cfg.fit
     for r in range(len(state["rounds"]), cfg.loop.rounds + 1):
         t0 = time.perf_counter()
@@ -204,6 +233,10 @@ def run(cfg: Any) -> dict[str, dict[int, dict[str, Any]]]:
             for s in cfg.loop.strategies}  # fmt: skip
 
 
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
 def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     """Per strategy: labels per round and accuracy mean/std over seeds, per round."""
     out: dict[str, Any] = {}
@@ -214,8 +247,9 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
             "labels": [r["labels"] for r in first["rounds"]],
             "accuracy_mean": acc.mean(0).tolist(),
             "accuracy_std": (acc.std(0, correction=1) if acc.shape[0] > 1 else torch.zeros(acc.shape[1])).tolist(),
-            "select_seconds_mean": float(torch.tensor([r.get("select_seconds", 0.0) for st in by_seed.values()
-                                                       for r in st["rounds"][:-1]] or [0.0]).mean()),
+            "select_seconds_mean": _mean([r.get("select_seconds", 0.0) for st in by_seed.values()
+                                          for r in st["rounds"][:-1]]),
+            "fit_seconds_mean": _mean([r["fit_seconds"] for st in by_seed.values() for r in st["rounds"]]),
         }  # fmt: skip
     return out
 

@@ -14,6 +14,7 @@ diversity (mean over selector pairs of 1 - theta_j.theta_k), A the cross-modal a
 theta^1_j.theta^2_j); the thesis leaves the sign of A ambiguous, so ``align_sign`` s is configurable (+1: pull the
 two modalities' selectors together). Each selector then takes its nearest not-yet-taken sample (summed over both
 modalities' similarities).
+``cold_start`` runs both stages on a two-modality pool (the loop's ``loop.initial_strategy: mmcsal``).
 Diagnostics: Delta_gap = |mean r^1 - mean r^2|, S_uni = log mean_{i != j} exp(-2 |r_i - r_j|^2) per modality,
 S_cross = mean_i r^1_i . r^2_i.
 """
@@ -21,7 +22,9 @@ S_cross = mean_i r^1_i . r^2_i.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +47,9 @@ class MMCSALConfig:
     lambda_div: float = 1.0
     lambda_align: float = 1.0
     align_sign: float = 1.0
+    selector: Literal["learned", "kmeans"] = "learned"
+    """Stage 2: the learned selectors (the thesis), or the ablation: the sample nearest each of B k-means
+    centroids of the concatenated [r^1, r^2] (stage 1 only)."""
 
 
 class TwoTower(nn.Module):
@@ -156,6 +162,19 @@ def select_cold_start(r1: torch.Tensor, r2: torch.Tensor, B: int, cfg: MMCSALCon
     return torch.tensor(picked, dtype=torch.int64)
 
 
+def kmeans_centers(r1: torch.Tensor, r2: torch.Tensor, B: int, seed: int) -> torch.Tensor:
+    """B distinct indices: per k-means cluster of [r^1, r^2], the sample nearest its centroid."""
+    r = torch.cat([r1, r2], dim=1)
+    km = KMeans(n_clusters=B, n_init=3, random_state=seed).fit(r.numpy())
+    dist = torch.cdist(torch.from_numpy(km.cluster_centers_).to(r.dtype), r)  # [B, N]
+    picked: list[int] = []
+    for j in range(B):
+        row = dist[j].clone()
+        row[picked] = float("inf")
+        picked.append(int(row.argmin()))
+    return torch.tensor(picked, dtype=torch.int64)
+
+
 def diagnostics(r1: torch.Tensor, r2: torch.Tensor) -> dict[str, float]:
     def uniformity(r: torch.Tensor) -> float:
         d2 = torch.cdist(r, r) ** 2
@@ -168,3 +187,21 @@ def diagnostics(r1: torch.Tensor, r2: torch.Tensor) -> dict[str, float]:
         "s_uni_m2": uniformity(r2),
         "s_cross": float((r1 * r2).sum(1).mean()),
     }
+
+
+def cold_start(
+    x1: torch.Tensor, x2: torch.Tensor, B: int, cfg: MMCSALConfig, seed: int, encoders: tuple[nn.Module, nn.Module]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Both stages on an unlabeled two-modality pool: B distinct indices and a record (stage-1 losses per epoch,
+    the diagnostics of the learned representations, seconds). ``encoders`` map each modality to features;
+    deterministic given ``seed``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        d1, d2 = (enc(x[:2]).shape[1] for enc, x in zip(encoders, (x1, x2), strict=True))
+    model = TwoTower(*encoders, d1, d2, cfg.dim)
+    history = train_stage1(model, x1, x2, cfg, seed)
+    r1, r2 = represent(model, x1, x2)
+    picked = select_cold_start(r1, r2, B, cfg, seed) if cfg.selector == "learned" else kmeans_centers(r1, r2, B, seed)
+    info = {"stage1_loss": history, "diagnostics": diagnostics(r1, r2), "seconds": time.perf_counter() - t0}
+    return picked, info

@@ -89,6 +89,25 @@ class LateFusion(nn.Module):
         return sum(F.cross_entropy(h, y) for h in self.heads(x1, x2)) / 3
 
 
+class Embedder(nn.Module):
+    """A model's ``embed`` as a module (e.g. MMCSAL's encoder from this file's CNN; the head stays unused)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(*xs)
+
+
+def modality_encoders(pool_shape: tuple[tuple[int, ...], ...], width: int = 16, m2_hidden: int = 32):
+    """One encoder per modality of a two-modality pool, the late-fusion model's: CNN on the image, MLP on the
+    vector (MMCSAL's towers)."""
+    first, second = pool_shape
+    cnn = SmallCNN(first[0], 1, width, dropout=0.0, image_size=first[-1])
+    return Embedder(cnn), nn.Sequential(nn.Linear(second[0], m2_hidden), nn.ReLU())
+
+
 def build_model(arch: str, pool_shape: tuple[tuple[int, ...], ...], num_classes: int, width: int = 16) -> nn.Module:
     """``cnn`` / ``mlp`` on the first modality, ``late_fusion`` on two."""
     first = pool_shape[0]

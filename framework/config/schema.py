@@ -11,6 +11,7 @@ from typing import Literal
 from scalefirst_kernels import ops
 
 from framework.active.dao import DAOConfig
+from framework.active.mmcsal import MMCSALConfig
 from framework.active.train import FitConfig
 from framework.data.logs.clustering import ClusteringConfig
 from framework.data.logs.history import HistoryConfig
@@ -544,6 +545,9 @@ class ActiveLoopConfig:
     """BMMAL on large pools: k-means++ in this many random shards, k/S labels from each."""
     warm_start: bool = False
     """Continue from the previous round's weights instead of retraining from scratch (the thesis retrains)."""
+    initial_strategy: Literal["random", "mmcsal"] = "random"
+    """How the first ``initial`` labels are picked: at random, or by MMCSAL's cold start (two-modality pools;
+    ``mmcsal`` holds its constants)."""
     run_dir: str = "runs/active"
 
     def __post_init__(self) -> None:
@@ -567,6 +571,13 @@ class ActiveJobConfig:
     """Training of f and pi each round (framework/active/train.py)."""
     dao: DAOConfig = field(default_factory=DAOConfig)
     """DAO's constants (framework/active/dao.py), those the thesis does not give included."""
+    mmcsal: MMCSALConfig = field(default_factory=MMCSALConfig)
+    """MMCSAL's cold start (framework/active/mmcsal.py), used with ``loop.initial_strategy: mmcsal``."""
+
+    def __post_init__(self) -> None:
+        if self.loop.initial_strategy == "mmcsal" and self.data.pool != "digits_multimodal":
+            raise ValueError(f"loop.initial_strategy: mmcsal needs a two-modality pool (data.pool: "
+                             f"digits_multimodal), got data.pool: {self.data.pool}")  # fmt: skip
 
 
 JOB_SCHEMAS: dict[str, type] = {

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scalefirst_kernels import hvp as H
 from torch import nn
 
-from framework.active.dao import DAOConfig, dao_scores, influence_step
+from framework.active.dao import DAOConfig, dao_scores, influence_step, updated_parameters
 from framework.active.data import digits_pool
 from framework.active.models import build_model
 from framework.active.strategies import k_center_greedy
@@ -75,6 +75,36 @@ def test_influence_update_matches_retraining_to_first_order() -> None:
     # The influence update's error shrinks relative to doing nothing: 2x better at n = 40, 60x at n = 640.
     ratios = [e / b for e, b in zip(errs, base, strict=True)]
     assert all(r1 > r2 for r1, r2 in itertools.pairwise(ratios)) and ratios[-1] < 0.05, ratios
+
+
+def test_updated_parameters_is_the_damped_newton_step_by_hand() -> None:
+    """updated_parameters (the fig. 2.5a ablation's update for labeled points) against an explicit Hessian: theta -
+    (H + damping I)^-1 grad l(z_k, y_k) / (n + 1) with H the mean CE Hessian on all n points (n_ihvp = n), for two
+    points at once; and the SGD-step variant theta - lr grad / (n + 1)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    model = _fit_logreg(X, y)
+    z_x, z_y = torch.randn(2, 4, generator=g, dtype=torch.float64), torch.tensor([2, 0])
+    W, b = model.weight.detach(), model.bias.detach()
+    theta = torch.cat([W.flatten(), b])
+
+    def ce(t: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(xs @ t[:12].reshape(3, 4).T + t[12:], ys)
+
+    hess = torch.autograd.functional.hessian(lambda t: ce(t, X, y), theta)
+    cfg = DAOConfig(n_ihvp=30, damping=0.3, cg_iterations=40)
+    f, params = updated_parameters(model, (X,), y, (z_x,), F.one_hot(z_y, 3), cfg, seed=0)
+    sgd = updated_parameters(model, (X,), y, (z_x,), F.one_hot(z_y, 3), DAOConfig(update="sgd_step", sgd_lr=2.0), 0)[1]
+    for k in range(2):
+        grad_z = torch.func.grad(ce)(theta, z_x[k : k + 1], z_y[k : k + 1])
+        want = theta - torch.linalg.solve(hess + 0.3 * torch.eye(15, dtype=torch.float64), grad_z) / 31
+        got = torch.cat([params[k]["weight"].flatten(), params[k]["bias"]])
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+        got_sgd = torch.cat([sgd[k]["weight"].flatten(), sgd[k]["bias"]])
+        torch.testing.assert_close(got_sgd, theta - 2.0 * grad_z / 31, rtol=1e-12, atol=1e-12)
+    out = torch.func.functional_call(f, params[0], (X,))
+    torch.testing.assert_close(out, X @ params[0]["weight"].T + params[0]["bias"])
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framework.active.loop import run
 from framework.active.mmcsal import (
     MMCSALConfig,
     TwoTower,
     diagnostics,
+    kmeans_centers,
     represent,
     select_cold_start,
     selector_objective,
     train_stage1,
 )
+from framework.config import load_job_config
 
 
 def test_diagnostics_by_hand() -> None:
@@ -68,7 +73,7 @@ def test_alignment_sign_is_configurable() -> None:
             opt.zero_grad()
             selector_objective(t1, t2, r1, r2, cfg)["loss"].backward()
             opt.step()
-        res[sign] = float(selector_objective(t1, t2, r1, r2, cfg)["alignment"])
+        res[sign] = float(selector_objective(t1, t2, r1, r2, cfg)["alignment"].detach())
     assert res[1.0] < res[-1.0]  # +1 pulls the modalities' selectors together (1 - cosine smaller)
 
 
@@ -86,3 +91,49 @@ def test_stage1_ssl_aligns_the_modalities() -> None:
     history = train_stage1(model, x1, x2, MMCSALConfig(epochs=8, warmup=3, prototypes=4, batch_size=64, lr=3e-3), 0)
     after = diagnostics(*represent(model, x1, x2))["s_cross"]
     assert history[2] < history[0] and after > before + 0.2
+
+
+def test_kmeans_centers_ablation_covers_every_cluster() -> None:
+    for pool_seed in range(3):
+        r1, r2, cluster = _clustered(seed=pool_seed)
+        picked = kmeans_centers(r1, r2, 4, seed=0)
+        assert picked.unique().numel() == 4 and set(cluster[picked].tolist()) == {0, 1, 2, 3}
+
+
+FAST = ["loop.seeds=[0,1]", "loop.rounds=1", "loop.strategies=[random,entropy]", "fit.steps=5", "mmcsal.epochs=2",
+        "mmcsal.warmup=1", "mmcsal.selector_epochs=5"]  # fmt: skip
+
+
+def test_loop_mmcsal_cold_start_is_shared_by_strategies_and_reused(tmp_path: Path) -> None:
+    cfg = load_job_config("configs/active/multimodal.yaml", [*FAST, "loop.initial_strategy=mmcsal",
+                                                             f"loop.run_dir={tmp_path}"])  # fmt: skip
+    results = run(cfg)
+    for seed in (0, 1):
+        record = json.loads((tmp_path / "cold_start" / f"seed{seed}.json").read_text())
+        assert record["method"] == "mmcsal" and len(set(record["labeled"])) == 10
+        assert set(record["diagnostics"]) == {"delta_gap", "s_uni_m1", "s_uni_m2", "s_cross"}
+        for strategy in ("random", "entropy"):
+            state = results[strategy][seed]
+            assert state["initial_strategy"] == "mmcsal"
+            assert state["labeled"][:10] == record["labeled"]
+    assert results["random"][0]["labeled"][:10] != results["random"][1]["labeled"][:10]
+    # A new strategy in the same run dir reuses the recorded pick instead of recomputing it: edit the record and
+    # the new curve starts from the edited labels.
+    record = json.loads((tmp_path / "cold_start" / "seed0.json").read_text())
+    record["labeled"] = list(range(10))
+    (tmp_path / "cold_start" / "seed0.json").write_text(json.dumps(record))
+    again = load_job_config("configs/active/multimodal.yaml", [*FAST, "loop.initial_strategy=mmcsal",
+                                                               "loop.seeds=[0]", "loop.strategies=[margin]",
+                                                               f"loop.run_dir={tmp_path}"])  # fmt: skip
+    assert run(again)["margin"][0]["labeled"][:10] == list(range(10))
+    # A run dir of a random cold start refuses to continue as an mmcsal one.
+    plain = load_job_config("configs/active/multimodal.yaml", [*FAST, f"loop.run_dir={tmp_path / 'plain'}"])
+    run(plain)
+    with pytest.raises(ValueError, match="cold start"):
+        run(load_job_config("configs/active/multimodal.yaml", [*FAST, "loop.initial_strategy=mmcsal",
+                                                               f"loop.run_dir={tmp_path / 'plain'}"]))  # fmt: skip
+
+
+def test_mmcsal_cold_start_needs_two_modalities() -> None:
+    with pytest.raises(ValueError, match="data.pool"):
+        load_job_config("configs/active/digits.yaml", ["loop.initial_strategy=mmcsal"])
