@@ -93,7 +93,16 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def sharded_dao_scores(ctx: RoundContext, cfg: DAOConfig, fit_cfg: FitConfig, surrogate_arch: str) -> torch.Tensor:
+def surrogate_probs(ctx: RoundContext, fit_cfg: FitConfig, arch: str) -> torch.Tensor:
+    """DAO's surrogate pi (architecture ``arch``), trained on the labeled set this round: pi(y|x) on the pool [U, C]."""
+    pool, lab = ctx.pool, ctx.labeled
+    torch.manual_seed(_stream(ctx.seed, ctx.round, 3))
+    pi = build_model(arch, tuple(tuple(x.shape[1:]) for x in pool.x), pool.num_classes)
+    fit(pi, tuple(x[lab] for x in pool.x), pool.y[lab], fit_cfg, seed=_stream(ctx.seed, ctx.round, 4))
+    return predict_probs(pi, tuple(x[ctx.unlabeled] for x in pool.x))
+
+
+def sharded_dao_scores(ctx: RoundContext, cfg: DAOConfig, pi_U: torch.Tensor) -> torch.Tensor:
     """DAO scores of every unlabeled candidate; under torchrun the candidates are cut into chunks of
     ``dao.chunk``, rank r scores chunks r, r + W, ... and the scores are all-gathered. A chunk is the same set of
     candidates whatever W is, so each score is computed by the same operations on the same data and W ranks select
@@ -102,10 +111,6 @@ def sharded_dao_scores(ctx: RoundContext, cfg: DAOConfig, fit_cfg: FitConfig, su
     pool, lab, unl = ctx.pool, ctx.labeled, ctx.unlabeled
     x_L, y_L = tuple(x[lab] for x in pool.x), pool.y[lab]
     x_U = tuple(x[unl] for x in pool.x)
-    torch.manual_seed(_stream(ctx.seed, ctx.round, 3))
-    pi = build_model(surrogate_arch, tuple(tuple(x.shape[1:]) for x in pool.x), pool.num_classes)
-    fit(pi, x_L, y_L, fit_cfg, seed=_stream(ctx.seed, ctx.round, 4))
-    pi_U = predict_probs(pi, x_U)
     rank, world = _rank_world()
     chunks = list(torch.arange(unl.numel()).split(cfg.chunk))
     owned = chunks[rank::world]
@@ -151,7 +156,7 @@ def select(strategy: str, ctx: RoundContext, k: int, cfg: Any) -> torch.Tensor:
             raise ValueError("bmmal needs loop.model=late_fusion on a two-modality pool")
         return bmmal_select(ctx.model, *x_U, k, gen, shards=cfg.loop.bmmal_shards)
     if strategy in DAO_VARIANTS:
-        scores = sharded_dao_scores(ctx, cfg.dao, cfg.fit, cfg.loop.surrogate)
+        scores = sharded_dao_scores(ctx, cfg.dao, surrogate_probs(ctx, cfg.fit, cfg.loop.surrogate))
         method = DAO_VARIANTS[strategy] or cfg.dao.acquisition
         return select_batch(scores, k, method, beta=cfg.dao.beta, generator=gen)
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")

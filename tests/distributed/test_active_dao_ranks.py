@@ -14,7 +14,7 @@ OVERRIDES = ["dao.chunk=40", "fit.steps=60", "dao.cg_iterations=10"]
 
 
 def _select_round(strategy: str, params: str) -> dict:
-    from framework.active.loop import RoundContext, load_pool, select, sharded_dao_scores
+    from framework.active.loop import RoundContext, load_pool, select, sharded_dao_scores, surrogate_probs
     from framework.active.models import build_model
     from framework.active.train import fit
     from framework.config import load_job_config
@@ -27,7 +27,7 @@ def _select_round(strategy: str, params: str) -> dict:
     model = build_model("cnn", tuple(tuple(x.shape[1:]) for x in pool.x), pool.num_classes)
     fit(model, tuple(x[labeled] for x in pool.x), pool.y[labeled], cfg.fit, seed=0)
     ctx = RoundContext(pool, labeled, unlabeled, model, seed=0, round=1)
-    scores = sharded_dao_scores(ctx, cfg.dao, cfg.fit, cfg.loop.surrogate)
+    scores = sharded_dao_scores(ctx, cfg.dao, surrogate_probs(ctx, cfg.fit, cfg.loop.surrogate))
     return {"picked": select(strategy, ctx, 10, cfg).tolist(), "scores": scores}
 
 

@@ -110,3 +110,52 @@ def test_active_learning_benchmark_quick(tmp_path: Path) -> None:
     )
     assert all(0 < a <= 1 for v in s["accuracy_mean"].values() for a in v)
     assert (out.with_suffix("") / "digits_vs_random.png").stat().st_size > 1000
+
+
+def test_active_learning_multimodal_cold_start_quick(tmp_path: Path) -> None:
+    out = tmp_path / "al_mm.json"
+    cmd = [sys.executable, "benchmarks/active_learning.py", "--protocols", "multimodal", "--seeds", "2", "--rounds",
+           "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mm = json.loads(out.read_text())["protocols"]["multimodal"]
+    cold = mm["cold_start"]
+    assert set(cold) == {"random", "mmcsal", "mmcsal_kmeans"}
+    for name in ("mmcsal", "mmcsal_kmeans"):
+        assert 1 <= cold[name]["classes_covered_mean"] <= 10 and cold[name]["cold_start_seconds_mean"] > 0
+        assert set(cold[name]["strategies"]) == {"random", "bmmal"}
+        assert len(cold[name]["random_minus_random_init"]["mean"]) == 2
+    assert set(mm["strategies"]["bmmal"]["per_modality_mean"]) == {"m1", "m2", "mm"}
+    assert (out.with_suffix("") / "multimodal_cold_start.png").stat().st_size > 1000
+
+
+def test_active_ablations_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "abl.json"
+    cmd = [sys.executable, "benchmarks/active_ablations.py", "--seeds", "2", "--episodes", "2", "--rounds", "1",
+           "--draws", "100", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    approx = result["approximation"]
+    assert {"none", "influence_all_damping1", "influence_head_damping1", "sgd_step_lr1", "retrain_other_seed"} <= set(
+        approx
+    )
+    assert approx["none"]["prediction_mse"] > 0
+    est = result["estimator"]
+    # LURE with DAO's proposal on f's own loss: the proposal is proportional to the loss, a zero-variance estimate.
+    assert est["at_f"]["lure_16"]["relative_rmse"] < 1e-9 < est["at_f"]["uniform_16"]["relative_rmse"]
+    assert est["other_model"]["proposal_plain_mean_16"]["relative_bias"] > 0.1  # the uncorrected mean is biased
+    curves = result["loss_estimate_curves"]["strategies"]
+    assert set(curves) == {"random", "dao_lure_16", "dao_uniform_16", "dao_uniform_256"}
+
+
+def test_active_dao_scaling_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    cmd = [sys.executable, "benchmarks/active_dao_scaling.py", "--sizes", "150,300", "--all-sizes", "20", "--out",
+           str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["params"], r["candidates"]) for r in rows] == [("head", 150), ("head", 300), ("all", 20)]
+    for r in rows:
+        assert r["w1"]["candidates_per_s"] > 0 and r["w2"]["same_scores_as_w1"] and r["speedup_w2_vs_w1"] > 0
