@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from framework.active.loop import run, summarize  # noqa: E402
-from framework.active.report import paired_difference, plot_curves, plot_heatmap  # noqa: E402
+from framework.active.report import accuracy_matrix, paired_difference, plot_curves, plot_heatmap  # noqa: E402
 from framework.config import load_job_config  # noqa: E402
 from framework.trainers.common import check_results_or_exit, result_header, write_result  # noqa: E402
 
@@ -56,12 +56,9 @@ def _compact(results: dict[str, dict[int, dict]]) -> dict[str, Any]:
     out = summarize(results)
     for s, by_seed in results.items():
         out[s]["accuracy_per_seed"] = {str(k): [r["accuracy"] for r in v["rounds"]] for k, v in by_seed.items()}
-        mods = [r.get("per_modality") for v in by_seed.values() for r in v["rounds"]]
-        if mods and mods[0]:
-            out[s]["per_modality_mean"] = {
-                m: torch.tensor([[r["per_modality"][m] for r in v["rounds"]] for v in by_seed.values()]).mean(0).tolist()
-                for m in mods[0]
-            }  # fmt: skip
+        modalities = next(iter(by_seed.values()))["rounds"][0].get("per_modality")
+        if modalities:
+            out[s]["per_modality_mean"] = {m: accuracy_matrix(by_seed, m).mean(0).tolist() for m in modalities}
     return out
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -33,6 +34,7 @@ from framework.active.bmmal import bmmal_select
 from framework.active.dao import DAOConfig, dao_scores
 from framework.active.data import POOLS, Pool
 from framework.active.models import LateFusion, build_model, modality_encoders
+from framework.active.report import accuracy_matrix
 from framework.active.train import FitConfig, accuracy, embeddings, fit, predict_probs
 from framework.checkpoint.dcp import fault_point, save_atomic
 from framework.distributed.env import init_distributed
@@ -246,12 +248,12 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     """Per strategy: labels per round and accuracy mean/std over seeds, per round."""
     out: dict[str, Any] = {}
     for strategy, by_seed in results.items():
-        acc = torch.tensor([[r["accuracy"] for r in st["rounds"]] for st in by_seed.values()], dtype=torch.float64)
+        acc = accuracy_matrix(by_seed)
         first = next(iter(by_seed.values()))
         out[strategy] = {
             "labels": [r["labels"] for r in first["rounds"]],
             "accuracy_mean": acc.mean(0).tolist(),
-            "accuracy_std": (acc.std(0, correction=1) if acc.shape[0] > 1 else torch.zeros(acc.shape[1])).tolist(),
+            "accuracy_std": (acc.std(0, ddof=1) if acc.shape[0] > 1 else np.zeros(acc.shape[1])).tolist(),
             "select_seconds_mean": _mean([r.get("select_seconds", 0.0) for st in by_seed.values()
                                           for r in st["rounds"][:-1]]),
             "fit_seconds_mean": _mean([r["fit_seconds"] for st in by_seed.values() for r in st["rounds"]]),

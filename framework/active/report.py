@@ -10,9 +10,10 @@ import numpy as np
 from scipy import stats
 
 
-def accuracy_matrix(by_seed: dict[int, dict[str, Any]]) -> np.ndarray:
-    """[seeds, rounds] test accuracy."""
-    return np.array([[r["accuracy"] for r in st["rounds"]] for _, st in sorted(by_seed.items())])
+def accuracy_matrix(by_seed: dict[int, dict[str, Any]], per_modality: str | None = None) -> np.ndarray:
+    """[seeds, rounds] test accuracy (seeds in order), of the fused model or of one modality's head."""
+    pick = (lambda r: r["per_modality"][per_modality]) if per_modality else (lambda r: r["accuracy"])
+    return np.array([[pick(r) for r in st["rounds"]] for _, st in sorted(by_seed.items())])
 
 
 def paired_difference(a: dict[int, dict], b: dict[int, dict]) -> dict[str, list]:
@@ -37,10 +38,7 @@ def plot_curves(results: dict[str, dict[int, dict]], path: Path, title: str, per
     for strategy, by_seed in results.items():
         first = next(iter(by_seed.values()))
         labels = [r["labels"] for r in first["rounds"]]
-        if per_modality:
-            acc = np.array([[r["per_modality"][per_modality] for r in st["rounds"]] for st in by_seed.values()])
-        else:
-            acc = accuracy_matrix(by_seed)
+        acc = accuracy_matrix(by_seed, per_modality)
         m, s = acc.mean(0), acc.std(0)
         ax.plot(labels, m, marker="o", ms=3, label=strategy)
         ax.fill_between(labels, m - s, m + s, alpha=0.15)

@@ -43,22 +43,22 @@ def fit(model: nn.Module, xs: tuple[torch.Tensor, ...], y: torch.Tensor, cfg: Fi
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
+def _batched(fn, model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int) -> torch.Tensor:
     model.eval()
-    n = xs[0].shape[0]
     # max(n, 1): an empty pool still yields one (empty) batch, so the result is [0, C], not an error.
-    return torch.cat([model(*(x[i : i + batch_size] for x in xs)) for i in range(0, max(n, 1), batch_size)])
+    return torch.cat([fn(*(x[i : i + batch_size] for x in xs)) for i in range(0, max(xs[0].shape[0], 1), batch_size)])
+
+
+def predict_logits(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
+    return _batched(model, model, xs, batch_size)
 
 
 def predict_probs(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
     return torch.softmax(predict_logits(model, xs, batch_size), dim=1)
 
 
-@torch.no_grad()
 def embeddings(model: nn.Module, xs: tuple[torch.Tensor, ...], batch_size: int = 2048) -> torch.Tensor:
-    model.eval()
-    n = xs[0].shape[0]
-    return torch.cat([model.embed(*(x[i : i + batch_size] for x in xs)) for i in range(0, max(n, 1), batch_size)])
+    return _batched(model.embed, model, xs, batch_size)
 
 
 def accuracy(model: nn.Module, xs: tuple[torch.Tensor, ...], y: torch.Tensor) -> float:
