@@ -236,6 +236,19 @@ def cmd_gen_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_scenes(args: argparse.Namespace) -> int:
+    """Write the annotated scene world (framework/data/lvlm/scenes.py): shards, eval annotations, POPE sets."""
+    from framework.data.lvlm.scenes import SceneWorldConfig, build_scene_world
+
+    cfg = SceneWorldConfig(image_size=args.image_size, pair_prob=args.pair_prob)
+    m = build_scene_world(args.out, args.train, args.eval, args.seed, cfg, samples_per_shard=args.samples_per_shard)
+    st = m["stats"]
+    print(f"make-scenes: {args.train:,} train / {args.eval:,} eval scenes under {args.out}; partner rate "
+          f"{st['train']['partner_rate']:.2f} train vs {st['eval']['partner_rate']:.2f} eval, "
+          f"{st['train']['faint']} faint and {st['train']['caption_only']} caption-only train objects")  # fmt: skip
+    return 0
+
+
 def cmd_daily(args: argparse.Namespace) -> int:
     """Lock the job, make sure the logs exist (generating the configured synthetic days if the root is empty),
     then train the planned days under torchrun (framework/jobs/daily.py)."""
@@ -408,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("jobs", nargs="+", help="daily job directories (train.run_dir), e.g. runs/daily/icr runs/daily/ucr")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("make-scenes", help="the annotated scene world for LVLMs: shards, annotations, POPE sets")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, default=20_000)
+    p.add_argument("--eval", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--pair-prob", type=float, default=0.9, help="P(partner | paired object) in train scenes")
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.set_defaults(fn=cmd_make_scenes)
 
     p = sub.add_parser("gen-logs", help="synthetic production logs: day=YYYY-MM-DD/part-*.parquet")
     p.add_argument("--days", type=int, required=True)

@@ -15,7 +15,7 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +84,51 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _chunks(rows: list[CaptionRow], size: int) -> Iterator[tuple[int, list[CaptionRow]]]:
-    for shard, start in enumerate(range(0, len(rows), size)):
-        yield shard, rows[start : start + size]
+@dataclass(frozen=True, slots=True)
+class ShardSample:
+    """One sample of a shard: JPEG bytes, its caption, and the JSON metadata (``key`` is added on writing)."""
+
+    jpeg: bytes
+    caption: str
+    meta: dict
+
+
+def write_sample_shards(
+    samples: Iterable[ShardSample],
+    out_dir: str | Path,
+    *,
+    samples_per_shard: int = 1000,
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "make-shards",
+) -> list[Path]:
+    """Write ``samples`` (consumed lazily, in order) to ``{out_dir}/{shard:05d}.tar``; returns the shard paths."""
+    if samples_per_shard < 1 or samples_per_shard > 10_000:
+        raise ValueError(f"samples_per_shard must be in [1, 10000] (4-digit index in the key), got {samples_per_shard}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[Path] = []
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
+    tar, tmp, i = None, None, 0
+    for n, sample in enumerate(samples):
+        shard, i = divmod(n, samples_per_shard)
+        if i == 0:
+            if tar is not None:
+                tar.close()
+                os.replace(tmp, shards[-1])
+            shards.append(out / f"{shard:05d}.tar")
+            tmp = shards[-1].with_name(shards[-1].name + ".tmp")
+            tar = tarfile.open(tmp, "w")
+        key = f"{shard:05d}{i:04d}"
+        _add(tar, f"{key}.jpg", sample.jpeg)
+        _add(tar, f"{key}.txt", sample.caption.encode("utf-8"))
+        _add(tar, f"{key}.json", json.dumps({"key": key, **sample.meta}).encode("utf-8"))
+        bar.update(1)
+    if tar is not None:
+        tar.close()
+        os.replace(tmp, shards[-1])
+    bar.close()
+    return shards
 
 
 def write_shards(
@@ -97,36 +139,19 @@ def write_shards(
     samples_per_shard: int = 1000,
     progress: bool = True,
 ) -> list[Path]:
-    """Write shards ``{out_dir}/{shard:05d}.tar``; returns their paths in order."""
+    """Write shards ``{out_dir}/{shard:05d}.tar`` from an image folder and a captions file; returns their paths."""
     if samples_per_shard < 1 or samples_per_shard > 10_000:
         raise ValueError(f"samples_per_shard must be in [1, 10000] (4-digit index in the key), got {samples_per_shard}")
     captions_file = Path(captions_file)
     rows = read_captions(captions_file, image_dir)
     if not rows:
         raise DataFormatError(f"{captions_file}: no caption rows")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    bar = tqdm(total=len(rows), desc="make-shards", unit="img", disable=not progress)
-    for shard, chunk in _chunks(rows, samples_per_shard):
-        final = out / f"{shard:05d}.tar"
-        tmp = final.with_name(final.name + ".tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for i, row in enumerate(chunk):
-                key = f"{shard:05d}{i:04d}"
-                jpeg, width, height = _jpeg_bytes(row.image, row, captions_file)
-                meta = {
-                    "key": key,
-                    "caption": row.caption,
-                    "source": str(row.image.name),
-                    "width": width,
-                    "height": height,
-                }
-                _add(tar, f"{key}.jpg", jpeg)
-                _add(tar, f"{key}.txt", row.caption.encode("utf-8"))
-                _add(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
-                bar.update(1)
-        os.replace(tmp, final)
-        shards.append(final)
-    bar.close()
-    return shards
+
+    def samples() -> Iterator[ShardSample]:
+        for row in rows:
+            jpeg, width, height = _jpeg_bytes(row.image, row, captions_file)
+            meta = {"caption": row.caption, "source": str(row.image.name), "width": width, "height": height}
+            yield ShardSample(jpeg, row.caption, meta)
+
+    return write_sample_shards(samples(), out_dir, samples_per_shard=samples_per_shard, total=len(rows),
+                               progress=progress)  # fmt: skip

@@ -1,0 +1,1 @@
+"""LVLM data: the annotated scene world (scenes.py)."""
