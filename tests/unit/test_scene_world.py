@@ -125,3 +125,22 @@ def test_make_scenes_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "60 train / 20 eval scenes" in proc.stdout
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"] == {"train": 60, "eval": 20}
+
+
+def test_tokenizer_covers_the_world_without_unknowns() -> None:
+    from framework.data.lvlm.tokenizer import SPECIALS, scene_tokenizer
+
+    tok = scene_tokenizer()
+    assert [tok.convert_tokens_to_ids(s) for s in SPECIALS] == [0, 1, 2, 3, 4]
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    n = 0
+    for split in ("train", "eval"):
+        for i in range(200):
+            for turn in render_scene(1, split, i)[1].conversations:
+                ids = tok(turn["value"], add_special_tokens=False)["input_ids"]
+                assert tok.unk_token_id not in ids, turn["value"]
+                n += len(ids)
+    assert n > 10_000
+    text = "<image>\nIs there a star in the image?"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == "<image> is there a star in the image ?"
+    assert tok.unk_token_id in tok("a purple unicorn", add_special_tokens=False)["input_ids"]
