@@ -1,0 +1,1 @@
+"""Tiny LVLMs built from transformers' LLaVA classes (model.py)."""
