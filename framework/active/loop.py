@@ -4,13 +4,13 @@ Legend: N = pool, L = labeled, U = unlabeled, C = classes, T = MC-dropout sample
 
 For each (strategy, seed): the initial labeled set depends on the seed only (every strategy starts from the same
 labels: a random draw, or MMCSAL's cold-start pick with ``loop.initial_strategy: mmcsal``, computed once per seed
-and kept in ``<run_dir>/cold_start/seed<k>.json``), then each round retrains f (from scratch by default, as the thesis does; ``loop.warm_start`` continues
-from the previous round's weights), records test accuracy (and per-modality accuracy on two-modality pools), and
-acquires ``per_round`` labels. ``<run_dir>/<strategy>/seed<k>.json`` is rewritten atomically after every round
-with the labeled set and every round's record, so a killed run resumes at the next round and, every random draw
-being seeded by (seed, round), selects exactly what the uninterrupted run would. Under torchrun every rank runs the
-loop (training is cheap and identical), DAO's candidate scoring is split across ranks and gathered, and rank 0
-writes the files.
+and kept in ``<run_dir>/cold_start/seed<k>.json``), then each round retrains f (from scratch by default, as the
+thesis does; ``loop.warm_start`` continues from the previous round's weights), records test accuracy (and
+per-modality accuracy on two-modality pools), and acquires ``per_round`` labels.
+``<run_dir>/<strategy>/seed<k>.json`` is rewritten atomically after every round with the labeled set and every
+round's record, so a killed run resumes at the next round and, every random draw being seeded by (seed, round),
+selects exactly what the uninterrupted run would. Under torchrun every rank runs the loop (training is cheap and
+identical), DAO's candidate scoring is split across ranks and gathered, and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ def cold_start_labels(cfg: Any, pool: Pool, seed: int, *, write: bool) -> torch.
     path = Path(cfg.loop.run_dir) / "cold_start" / f"seed{seed}.json"
     if path.is_file():
         record = json.loads(path.read_text())
-        if record.get("method") != cfg.loop.initial_strategy or len(record.get("labeled", ())) != n:
-            raise ValueError(f"{path} holds another cold start ({record.get('method')}, "
-                             f"{len(record.get('labeled', ()))} labels); expected mmcsal with {n}")  # fmt: skip
+        want = (cfg.loop.initial_strategy, cfg.mmcsal.selector, n)
+        have = (record.get("method"), record.get("selector"), len(record.get("labeled", ())))
+        if have != want:
+            raise ValueError(f"{path} holds another cold start (method, selector, labels) = {have}; expected {want}")
         return torch.tensor(record["labeled"], dtype=torch.int64)
     if pool.num_modalities != 2:
         raise ValueError(f"loop.initial_strategy=mmcsal needs a two-modality pool; {pool.name} has "
@@ -84,7 +85,8 @@ def cold_start_labels(cfg: Any, pool: Pool, seed: int, *, write: bool) -> torch.
     encoders = modality_encoders(tuple(tuple(x.shape[1:]) for x in pool.x), cfg.loop.width)
     picked, info = mmcsal.cold_start(*pool.x, n, cfg.mmcsal, _stream(seed, 0, 98), encoders)
     if write:
-        write_json_atomic(path, {"method": "mmcsal", "seed": seed, "labeled": picked.tolist(), **info})
+        record = {"method": "mmcsal", "selector": cfg.mmcsal.selector, "seed": seed, "labeled": picked.tolist()}
+        write_json_atomic(path, {**record, **info})
     logger.info("mmcsal cold start, seed %d: %d labels in %.1f s", seed, n, info["seconds"])
     return picked
 
