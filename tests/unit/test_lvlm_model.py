@@ -67,3 +67,48 @@ def test_config_is_validated() -> None:
         LVLMConfig(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="max_positions"):
         LVLMConfig(image_size=64, patch_size=4, max_positions=200)
+
+
+def _batch(tok, n: int = 2):
+    scenes = [render_scene(0, "train", i) for i in range(n)]
+    batch = collate([encode_conversation(s.conversations, tok, CFG.image_tokens, 128) for _, s in scenes],
+                    tok.pad_token_id)  # fmt: skip
+    return batch, torch.stack([preprocess(img, CFG.image_size) for img, _ in scenes])
+
+
+def test_lora_trains_only_adapters_and_projector_and_merges() -> None:
+    from framework.models.lvlm.lora import LoRAConfig, apply_lora, merged_model, parameter_groups
+
+    tok = scene_tokenizer()
+    model = apply_lora(_model(tok), LoRAConfig(r=4, alpha=8, dropout=0.0))
+    groups = parameter_groups(model)
+    assert groups["lora"] and groups["projector"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or "multi_modal_projector" in n for n in trainable)
+    # every linear layer of the language model got an adapter: 7 per Llama layer (q k v o gate up down)
+    assert sum(".lora_A." in n for n in trainable) == 7 * CFG.text_layers
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([{"params": groups["lora"], "lr": 1e-2}, {"params": groups["projector"], "lr": 1e-3}])
+    batch, pixels = _batch(tok)
+    for _ in range(3):
+        opt.zero_grad()
+        model(**batch, pixel_values=pixels).loss.backward()
+        opt.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed == trainable  # frozen weights bit-identical; every adapter and projector tensor moved
+    model.eval()
+    with torch.no_grad():
+        want = model(**batch, pixel_values=pixels).logits
+        got = merged_model(model)(**batch, pixel_values=pixels).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_targets_are_configurable_and_checked() -> None:
+    from framework.models.lvlm.lora import LoRAConfig, apply_lora
+
+    tok = scene_tokenizer()
+    model = apply_lora(_model(tok), LoRAConfig(r=2, alpha=4, targets=("q_proj", "v_proj"), train_projector=False))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(("q_proj" in n or "v_proj" in n) and "lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match=r"lora.targets \['qkv'\] match no linear layer"):
+        apply_lora(_model(tok), LoRAConfig(targets=("qkv",)))
