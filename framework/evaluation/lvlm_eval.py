@@ -1,0 +1,133 @@
+"""Hallucination evaluation of an LVLM on the scene world's held-out split: CHAIR on generated detailed
+descriptions, POPE on the three question sets, response length; and a figure of examples with the hallucinated
+object words marked.
+
+Greedy decoding (the seed's protocol). Prompts of one kind have one token length (every object name is one word),
+so they are batched without padding; mixed lengths are grouped by length.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from framework.data.clip.image_ops import preprocess
+from framework.data.lvlm.chat import prompt_ids
+from framework.data.lvlm.scenes import DETAIL_PROMPTS, vocabulary
+from framework.metrics.hallucination import POPE_MODES, chair, pope_metrics, words
+
+
+def read_split(scenes_dir: str | Path, split: str = "eval", limit: int | None = None) -> list[dict[str, Any]]:
+    """Samples of a scene-world split in key order: {"id", "image" (PIL), "caption", "annotation"}."""
+    root = Path(scenes_dir) / split
+    shards = sorted(root.glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no shards in {root} (write the scene world with `scalefirst make-scenes`)")
+    out: list[dict[str, Any]] = []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        for name in sorted(n for n in members if n.endswith(".json")):
+            key = name[:-5]
+            meta = json.loads(members[name])
+            image = Image.open(io.BytesIO(members[f"{key}.jpg"])).convert("RGB")
+            out.append(
+                {"id": meta["id"], "image": image, "caption": members[f"{key}.txt"].decode(), "annotation": meta}
+            )
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+@torch.no_grad()
+def generate(
+    model, tokenizer, prompts: Sequence[list[int]], pixels: torch.Tensor, max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
+    """Greedy continuations (decoded, special tokens dropped) of ``prompts`` [each a token id list] on ``pixels``."""
+    model.eval()
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_len[len(p)].append(i)
+    out: list[str] = [""] * len(prompts)
+    for idx in by_len.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            ids = torch.tensor([prompts[i] for i in chunk])
+            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels[chunk],
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            for i, row in zip(chunk, gen[:, ids.shape[1] :], strict=True):
+                out[i] = tokenizer.decode(row, skip_special_tokens=True)
+    return out
+
+
+def evaluate_lvlm(
+    model, tokenizer, scenes_dir: str | Path, *, image_size: int, image_tokens: int, limit: int | None = None,
+    max_new_tokens: int = 80, batch_size: int = 32,
+) -> dict[str, Any]:  # fmt: skip
+    """CHAIR_S / CHAIR_I / recall and mean response length (words) on the eval split's detailed descriptions,
+    POPE per mode (questions on the first ``limit`` images); per-caption records under ``captions``."""
+    samples = read_split(scenes_dir, "eval", limit)
+    pixels = torch.stack([preprocess(s["image"], image_size) for s in samples])
+    prompt = prompt_ids(DETAIL_PROMPTS[0], tokenizer, image_tokens)
+    captions = generate(model, tokenizer, [prompt] * len(samples), pixels, max_new_tokens, batch_size)
+    truth = {s["id"]: [o["name"] for o in s["annotation"]["objects"]] for s in samples}
+    res = chair({s["id"]: c for s, c in zip(samples, captions, strict=True)}, truth, vocabulary())
+    out: dict[str, Any] = {k: res[k] for k in ("chair_s", "chair_i", "recall", "captions", "mentions")}
+    out["length"] = sum(len(words(c)) for c in captions) / max(len(captions), 1)
+    row = {s["id"]: i for i, s in enumerate(samples)}
+    out["pope"] = {}
+    for mode in POPE_MODES:
+        path = Path(scenes_dir) / "pope" / f"{mode}.jsonl"
+        qs = [q for q in map(json.loads, path.read_text().splitlines()) if q["image"] in row]
+        answers = generate(model, tokenizer, [prompt_ids(q["question"], tokenizer, image_tokens) for q in qs],
+                           pixels[[row[q["image"]] for q in qs]], 6, batch_size)  # fmt: skip
+        out["pope"][mode] = pope_metrics(answers, [q["label"] for q in qs])
+        out.setdefault("pope_answers", {})[mode] = [{**q, "answer": a} for q, a in zip(qs, answers, strict=True)]
+    out["pope_f1"] = sum(m["f1"] for m in out["pope"].values()) / len(POPE_MODES)
+    out["examples"] = [{"id": c["id"], "caption": cap, "truth": truth[c["id"]], "hallucinated": c["hallucinated"]}
+                       for c, cap in zip(res["per_caption"], captions, strict=True)]  # fmt: skip
+    return out
+
+
+def plot_examples(examples: Sequence[dict[str, Any]], images: dict[str, Image.Image], path: str | Path, n: int = 6):
+    """A grid of images with their generated captions, the hallucinated object words in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vocab = vocabulary()
+    shown = list(examples)[:n]
+    fig, axes = plt.subplots(len(shown), 2, figsize=(10, 1.9 * len(shown)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 5]})  # fmt: skip
+    for (ax_img, ax_txt), ex in zip(axes, shown, strict=True):
+        ax_img.imshow(images[ex["id"]])
+        ax_img.axis("off")
+        ax_txt.axis("off")
+        bad = set(ex["hallucinated"])
+        x, y = 0.0, 0.85
+        for w in ex["caption"].split():
+            hit = vocab.mentions(w)
+            color = "red" if hit and hit[0] in bad else "black"
+            t = ax_txt.text(x, y, w + " ", color=color, fontsize=8, transform=ax_txt.transAxes,
+                            fontweight="bold" if color == "red" else "normal")  # fmt: skip
+            fig.canvas.draw()
+            bb = t.get_window_extent().transformed(ax_txt.transAxes.inverted())
+            x += bb.width
+            if x > 0.95:
+                x, y = 0.0, y - 0.2
+        ax_txt.text(0.0, 0.05, "objects: " + ", ".join(ex["truth"]), fontsize=7, color="dimgray",
+                    transform=ax_txt.transAxes)  # fmt: skip
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
