@@ -13,8 +13,8 @@
   sample nearest each k-means centroid of the stage-1 representation) instead of 10 random ones, continued by
   random and BMMAL acquisition.
 DAO runs with ``dao.params`` (default here: head, the fused output-layer path; ``--dao-params all`` for the whole
-CNN, ~70x slower on this CPU) except in digits_all. Writes benchmarks/results/active_learning.json (``summary``: the results interface)
-and figures in benchmarks/results/active_learning/.
+CNN, ~40x slower on this CPU) except in digits_all. Writes benchmarks/results/active_learning.json (``summary``:
+the results interface) and figures in benchmarks/results/active_learning/.
 """
 
 from __future__ import annotations
