@@ -144,3 +144,17 @@ def test_tokenizer_covers_the_world_without_unknowns() -> None:
     text = "<image>\nIs there a star in the image?"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == "<image> is there a star in the image ?"
     assert tok.unk_token_id in tok("a purple unicorn", add_special_tokens=False)["input_ids"]
+
+
+def test_crowded_scenes_render_and_tokenize() -> None:
+    """max_anchors=4 gives up to 8 objects (9 cells): every count has its word and the tokenizer knows it."""
+    from framework.data.lvlm.tokenizer import scene_tokenizer
+
+    tok = scene_tokenizer()
+    cfg = SceneWorldConfig(max_anchors=4)
+    sizes = set()
+    for i in range(100):
+        _, scene = render_scene(0, "train", i, cfg)
+        sizes.add(len(scene.objects) + len(scene.caption_only))
+        assert tok.unk_token_id not in tok(scene.caption, add_special_tokens=False)["input_ids"]
+    assert max(sizes) >= 7

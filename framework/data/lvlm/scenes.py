@@ -60,7 +60,7 @@ FAINT_BLEND = 0.8
 SYNONYMS: dict[str, tuple[str, ...]] = {"circle": ("disc", "dot"), "square": ("box",), "crescent": ("moon",),
                                         "ring": ("donut",), "cross": ("plus",), "hexagon": (), "star": (),
                                         "triangle": (), "diamond": ("rhombus",), "heart": ()}  # fmt: skip
-COUNT_WORDS = ("no", "one", "two", "three", "four", "five")
+COUNT_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DETAIL_PROMPTS = ("Describe the image in detail.", "What is in this picture? Describe every object.",
                   "Give a detailed description of the image.")  # fmt: skip
 
