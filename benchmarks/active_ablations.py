@@ -76,7 +76,8 @@ def approximation(seeds: int, episodes: int, initial: int, fit_cfg: FitConfig) -
     for seed in range(seeds):
         labeled = initial_labels(pool, initial, seed)
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(10_000 + seed))
-        fresh = [int(i) for i in order if int(i) not in set(labeled.tolist())][:episodes]
+        taken = set(labeled.tolist())
+        fresh = [int(i) for i in order if int(i) not in taken][:episodes]
         model = _trained(pool, labeled, "cnn", 7, fit_cfg)
         for e, z in enumerate(fresh):
             grown = torch.cat([labeled, torch.tensor([z])])

@@ -109,6 +109,7 @@ def plot_examples(examples: Sequence[dict[str, Any]], images: dict[str, Image.Im
     shown = list(examples)[:n]
     fig, axes = plt.subplots(len(shown), 2, figsize=(10, 1.9 * len(shown)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 5]})  # fmt: skip
+    renderer = fig.canvas.get_renderer()
     for (ax_img, ax_txt), ex in zip(axes, shown, strict=True):
         ax_img.imshow(images[ex["id"]])
         ax_img.axis("off")
@@ -120,8 +121,7 @@ def plot_examples(examples: Sequence[dict[str, Any]], images: dict[str, Image.Im
             color = "red" if hit and hit[0] in bad else "black"
             t = ax_txt.text(x, y, w + " ", color=color, fontsize=8, transform=ax_txt.transAxes,
                             fontweight="bold" if color == "red" else "normal")  # fmt: skip
-            fig.canvas.draw()
-            bb = t.get_window_extent().transformed(ax_txt.transAxes.inverted())
+            bb = t.get_window_extent(renderer=renderer).transformed(ax_txt.transAxes.inverted())
             x += bb.width
             if x > 0.95:
                 x, y = 0.0, y - 0.2

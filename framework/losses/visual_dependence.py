@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100
+from framework.data.lvlm.chat import IGNORE
+
 Variant = Literal["neg", "pos"]
 
 

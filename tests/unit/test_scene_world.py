@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from framework.data.lvlm.scenes import PARTNER, SceneWorldConfig, build_scene_world, render_scene, vocabulary
+from framework.evaluation.lvlm_eval import read_split
 from framework.metrics.hallucination import chair
 
 
@@ -18,19 +19,6 @@ from framework.metrics.hallucination import chair
 def world(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("scenes")
     return out, build_scene_world(out, 1500, 400, seed=3, samples_per_shard=500, progress=False)
-
-
-def _samples(split_dir: Path) -> list[dict]:
-    rows = []
-    for shard in sorted(split_dir.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name in sorted(members):
-            if name.endswith(".json"):
-                key = name[:-5]
-                rows.append({"meta": json.loads(members[name]), "caption": members[f"{key}.txt"].decode(),
-                             "jpg": members[f"{key}.jpg"]})  # fmt: skip
-    return rows
 
 
 def test_deterministic_and_prefix_stable() -> None:
@@ -69,15 +57,15 @@ def test_own_captions_score_chair_exactly_as_built(world) -> None:
     out, _ = world
     vocab = vocabulary()
     for split in ("train", "eval"):
-        rows = _samples(out / split)
-        captions = {r["meta"]["id"]: r["caption"] for r in rows}
-        truth = {r["meta"]["id"]: [o["name"] for o in r["meta"]["objects"]] for r in rows}
+        rows = read_split(out, split)
+        captions = {r["annotation"]["id"]: r["caption"] for r in rows}
+        truth = {r["annotation"]["id"]: [o["name"] for o in r["annotation"]["objects"]] for r in rows}
         res = chair(captions, truth, vocab)
-        with_absent = sum(bool(r["meta"]["caption_only"]) for r in rows)
+        with_absent = sum(bool(r["annotation"]["caption_only"]) for r in rows)
         assert res["chair_s"] == pytest.approx(with_absent / len(rows))
         assert res["recall"] == 1.0
         for c, r in zip(res["per_caption"], rows, strict=True):
-            assert c["hallucinated"] == r["meta"]["caption_only"]
+            assert c["hallucinated"] == r["annotation"]["caption_only"]
         if split == "eval":
             assert res["chair_s"] == 0.0 and json.loads((out / "eval" / "annotations.json").read_text()) == truth
         else:
@@ -87,10 +75,12 @@ def test_own_captions_score_chair_exactly_as_built(world) -> None:
 def test_shards_carry_llava_conversations(world) -> None:
     out, manifest = world
     assert manifest["shards"]["train"] == ["00000.tar", "00001.tar", "00002.tar"]
-    rows = _samples(out / "train")
-    assert len(rows) == 1500 and rows[0]["jpg"][:2] == b"\xff\xd8"
+    rows = read_split(out, "train")
+    with tarfile.open(out / "train" / "00000.tar") as tar:
+        first = tar.extractfile("000000000.jpg").read()
+    assert len(rows) == 1500 and first[:2] == b"\xff\xd8" and rows[0]["image"].size == (64, 64)
     for r in rows[:50]:
-        conv = r["meta"]["conversations"]
+        conv = r["annotation"]["conversations"]
         assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and len(conv) == 6
         assert conv[0]["value"].startswith("<image>\n") and conv[1]["value"] == r["caption"]
 

@@ -139,9 +139,8 @@ def write_shards(
     samples_per_shard: int = 1000,
     progress: bool = True,
 ) -> list[Path]:
-    """Write shards ``{out_dir}/{shard:05d}.tar`` from an image folder and a captions file; returns their paths."""
-    if samples_per_shard < 1 or samples_per_shard > 10_000:
-        raise ValueError(f"samples_per_shard must be in [1, 10000] (4-digit index in the key), got {samples_per_shard}")
+    """Write shards ``{out_dir}/{shard:05d}.tar`` from an image folder and a captions file; returns their paths
+    (``samples_per_shard`` is checked by :func:`write_sample_shards`)."""
     captions_file = Path(captions_file)
     rows = read_captions(captions_file, image_dir)
     if not rows:

@@ -313,10 +313,10 @@ def build_scene_world(
                                                           samples_per_shard=samples_per_shard, progress=progress)]
               for split, n in (("train", n_train), ("eval", n_eval))}  # fmt: skip
     write_json_atomic(out / "eval" / "annotations.json", truth["eval"])
+    (out / "pope").mkdir(parents=True, exist_ok=True)
     for mode in POPE_MODES:
         qs = pope_questions(truth["eval"], OBJECTS, mode, pope_per_image, seed, statistics=truth["train"])
         lines = [json.dumps({**q, "question": pope_question_text(q["object"])}) for q in qs]
-        (out / "pope").mkdir(parents=True, exist_ok=True)
         (out / "pope" / f"{mode}.jsonl").write_text("\n".join(lines) + "\n")
     manifest = {
         "seed": seed, "config": asdict(cfg), "objects": list(OBJECTS), "pairs": [list(p) for p in PAIRS],
