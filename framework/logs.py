@@ -52,6 +52,8 @@ KNOWN_HARMLESS: tuple[tuple[str, str, str], ...] = (
      "we build the Topology from the torchrun environment on purpose (framework/distributed/torchrec_sharding.py)"),
     ("torchrec.distributed.planner.storage_reservations", r"There is a known issue with TorchRec's dense tensor",
      "about dry-run planning, which we never do"),
+    ("py.warnings", r"`is_gradient_checkpointing` is deprecated",
+     "PEFT 0.21 reads the deprecated transformers attribute when it wraps a model in LoRA"),
 )  # fmt: skip
 """Warnings kept off the console (they still go to log.txt): known, understood and not ours to fix."""
 _KNOWN = [(name, re.compile(pattern)) for name, pattern, _ in KNOWN_HARMLESS]

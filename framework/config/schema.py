@@ -16,6 +16,8 @@ from framework.active.train import FitConfig
 from framework.data.logs.clustering import ClusteringConfig
 from framework.data.logs.history import HistoryConfig
 from framework.models.clip.model import CLIPConfig
+from framework.models.lvlm.lora import LoRAConfig
+from framework.models.lvlm.model import LVLMConfig
 
 Formulation = Literal["icr", "ucr", "hybrid"]
 ShardingType = Literal["auto", "table_wise", "column_wise", "row_wise", "data_parallel"]
@@ -580,7 +582,110 @@ class ActiveJobConfig:
                              f"digits_multimodal), got data.pool: {self.data.pool}")  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------- lvlm family
+
+LVLM_PARTS = ("vision", "projector", "language")
+
+
+@dataclass(kw_only=True, slots=True)
+class LVLMDataConfig:
+    scenes: str
+    """Scene-world directory written by ``scalefirst make-scenes`` (train/ and eval/ shards, pope/)."""
+    max_length: int = 192
+    """Longest tokenized conversation (image tokens included); a longer one is an error naming its sample."""
+    train_limit: int | None = None
+    """Use only the first this many training scenes (null = all)."""
+    eval_limit: int = 200
+    """Held-out scenes of the end-of-run CHAIR / POPE evaluation (0 = no evaluation)."""
+    filter_with: str | None = None
+    """Data filter: run_dir of a fine-tuned LVLM (its final/merged model) that scores every training sample by
+    sum_t d(y_t); with drop_top / drop_bottom the extremes are dropped before training. Null = no filter."""
+    drop_top: float = 0.0
+    """Fraction of the highest-scoring samples dropped by the filter."""
+    drop_bottom: float = 0.0
+    """Fraction of the lowest-scoring samples dropped by the filter."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length", "train_limit")
+        if self.eval_limit < 0:
+            raise ValueError(f"eval_limit must be >= 0, got {self.eval_limit}")
+        if not (0 <= self.drop_top <= 1 and 0 <= self.drop_bottom <= 1 and self.drop_top + self.drop_bottom < 1):
+            raise ValueError(f"drop_top/drop_bottom must be in [0, 1] with a sum < 1, got {self.drop_top}, "
+                             f"{self.drop_bottom}")  # fmt: skip
+        if (self.drop_top or self.drop_bottom) and not self.filter_with:
+            raise ValueError("drop_top/drop_bottom need data.filter_with (the run_dir of the scoring model)")
+
+
+@dataclass(kw_only=True, slots=True)
+class LVLMLossConfig:
+    kind: Literal["mle", "reweighted"] = "mle"
+    """mle: mean cross-entropy of the response tokens; reweighted: visual-dependence token weights (eq. 5.5)."""
+    tau: float = 0.5
+    """Softmax temperature of the weights (0 = every weight 1, i.e. MLE)."""
+    variant: Literal["neg", "pos"] = "neg"
+    """w_neg = max(-d, 0) emphasizes image-negative tokens (seed default); w_pos = max(d, 0)."""
+    start_fraction: float = 0.5
+    """Re-weighting starts at this fraction of train.max_steps (MLE before)."""
+    noise_step: int = 900
+    """VCD diffusion step t of the noised image (0..999)."""
+    threshold: float = 0.25
+    """|d| at which a token counts as image-positive / image-negative (logged class shares)."""
+
+    def __post_init__(self) -> None:
+        if self.tau < 0 or not 0 <= self.start_fraction <= 1 or not 0 <= self.noise_step < 1000:
+            raise ValueError(f"need tau >= 0, start_fraction in [0, 1], noise_step in [0, 999]; got {self.tau}, "
+                             f"{self.start_fraction}, {self.noise_step}")  # fmt: skip
+
+
+@dataclass(kw_only=True, slots=True)
+class LVLMOptimConfig(ClipOptimConfig):
+    projector_lr: float | None = None
+    """Peak LR of the projector (LLaVA trains it at its own rate); null = optim.lr."""
+
+    def __post_init__(self) -> None:
+        ClipOptimConfig.__post_init__(self)
+        _positive(self, "projector_lr")
+
+
+@dataclass(kw_only=True, slots=True)
+class LVLMTrainConfig(ClipTrainConfig):
+    stage: Literal["pretrain", "instruct"] = "instruct"
+    """pretrain: image -> detailed description, the parts in ``trainable`` fully trained (LLaVA's projector
+    pre-training); instruct: full conversations, LoRA on the language model + the projector."""
+    trainable: list[str] = field(default_factory=lambda: ["projector"])
+    """Parts trained in the pretrain stage (vision, projector, language). LLaVA trains only the projector on top of
+    pretrained towers; towers built from scratch (no model hub here) must be trained too."""
+    init_from: str | None = None
+    """run_dir of a finished LVLM run whose final model is the starting point (e.g. the pretrain stage); null =
+    random init from train.seed."""
+
+    def __post_init__(self) -> None:
+        ClipTrainConfig.__post_init__(self)
+        bad = [p for p in self.trainable if p not in LVLM_PARTS]
+        if bad or not self.trainable:
+            raise ValueError(f"trainable must name some of {list(LVLM_PARTS)}, got {self.trainable}")
+
+
+@dataclass(kw_only=True, slots=True)
+class LVLMJobConfig:
+    family: Literal["lvlm"] = "lvlm"
+    """Trainer family (selects this schema and the LVLM trainer)."""
+    data: LVLMDataConfig
+    model: LVLMConfig = field(default_factory=LVLMConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA of the instruct stage (ignored by pretrain)."""
+    loss: LVLMLossConfig = field(default_factory=LVLMLossConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    optim: LVLMOptimConfig = field(default_factory=LVLMOptimConfig)
+    train: LVLMTrainConfig
+
+    def __post_init__(self) -> None:
+        if self.loss.kind == "reweighted" and self.train.stage != "instruct":
+            raise ValueError("loss.kind: reweighted applies to train.stage: instruct")
+
+
 JOB_SCHEMAS: dict[str, type] = {
     "ranking": RankingJobConfig, "clip": ClipJobConfig, "daily": DailyJobConfig, "active": ActiveJobConfig,
+    "lvlm": LVLMJobConfig,
 }  # fmt: skip
 """family name → job config schema. New trainer families register here."""

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
 from framework.distributed.engine import (
+    DEFAULT_LOAD_CHUNK_BYTES,
     EngineBase,
     adam_step_count,
     build_lr_scheduler,
@@ -44,16 +45,19 @@ class DDPEngine(EngineBase):
         max_steps: int,
         env: DistEnv,
         keep_checkpoints: int = 2,
+        group_lrs: dict[str, float] | None = None,
+        load_chunk_bytes: int = DEFAULT_LOAD_CHUNK_BYTES,
     ) -> None:
         if engine_cfg.zero_stage:
             raise ValueError(f"engine.zero_stage={engine_cfg.zero_stage} needs engine.backend=deepspeed")
         super().__init__(
-            model, engine_cfg, micro_batch_size=micro_batch_size, env=env, keep_checkpoints=keep_checkpoints
-        )
+            model, engine_cfg, micro_batch_size=micro_batch_size, env=env, keep_checkpoints=keep_checkpoints,
+            load_chunk_bytes=load_chunk_bytes,
+        )  # fmt: skip
         self.module = model.to(env.device)
         # Parameters are broadcast from rank 0 here; buffers (BatchNorm statistics) before every forward.
         self._ddp = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
-        self._optimizer = build_optimizer(model, optim_cfg)
+        self._optimizer = build_optimizer(model, optim_cfg, group_lrs)
         self._scheduler = build_lr_scheduler(self._optimizer, optim_cfg, max_steps)
         self._autocast_dtype = _AUTOCAST_DTYPES.get(engine_cfg.precision)
         self._scaler = torch.amp.GradScaler(env.device.type) if engine_cfg.precision == "fp16" else None

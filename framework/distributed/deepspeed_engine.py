@@ -50,6 +50,7 @@ from torch import nn
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
 from framework.distributed.engine import (
+    DEFAULT_LOAD_CHUNK_BYTES,
     EngineBase,
     adam_step_count,
     build_lr_scheduler,
@@ -150,10 +151,13 @@ class DeepSpeedEngine(EngineBase):
         env: DistEnv,
         keep_checkpoints: int = 2,
         ds_config_overrides: dict[str, Any] | None = None,
+        group_lrs: dict[str, float] | None = None,
+        load_chunk_bytes: int = DEFAULT_LOAD_CHUNK_BYTES,
     ) -> None:
         super().__init__(
-            model, engine_cfg, micro_batch_size=micro_batch_size, env=env, keep_checkpoints=keep_checkpoints
-        )
+            model, engine_cfg, micro_batch_size=micro_batch_size, env=env, keep_checkpoints=keep_checkpoints,
+            load_chunk_bytes=load_chunk_bytes,
+        )  # fmt: skip
         deepspeed = _import_deepspeed(env.device)
         self._zero = deepspeed.zero
         self.zero_stage = engine_cfg.zero_stage
@@ -162,7 +166,7 @@ class DeepSpeedEngine(EngineBase):
         )
         _view_scalar_params_as_1d(model)
         model.to(env.device)
-        optimizer = build_optimizer(model, optim_cfg)
+        optimizer = build_optimizer(model, optim_cfg, group_lrs)
         self._scheduler = build_lr_scheduler(optimizer, optim_cfg, max_steps)
         # The process group exists already (init_distributed); DeepSpeed adopts it and broadcasts the parameters
         # from rank 0.
@@ -216,6 +220,12 @@ class DeepSpeedEngine(EngineBase):
         if self.zero_stage == 3:
             return self._zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
         return nullcontext()
+
+    def _full_frozen_param(self, param: nn.Parameter) -> torch.Tensor:
+        if self.zero_stage == 3:
+            with self._zero.GatheredParameters([param], modifier_rank=None):
+                return param.detach().clone()
+        return param.detach()
 
     # -- checkpoint hooks
 

@@ -35,8 +35,15 @@ Checkpoint layout (``root/step_XXXXXXXX``, committed by atomic rename, ``keep`` 
 Why consolidated: DeepSpeed's own checkpoint is a set of per-rank flat partitions; loading it at another world size
 takes its elastic path (ZeRO-1/2 only) or an offline universal-checkpoint conversion, and neither crosses ZeRO stages
 or backends. Here every parameter and AdamW moment is stored whole, by name, so any world size, ZeRO stage or
-backend loads any checkpoint: each rank reads the full tensors and keeps its own partition. The price is that ``save`` gathers each tensor (one collective per parameter
-and moment) and ``load`` holds the full fp32 model and its two moments in host memory on every rank for a moment.
+backend loads any checkpoint: each rank reads the full tensors and keeps its own partition. The price is that
+``save`` gathers each tensor (one collective per parameter and moment). ``load`` streams: it reads the parameters
+in chunks of at most ``load_chunk_bytes`` (default 256 MiB) of full tensors, hands each chunk to the backend (which
+keeps its rank's partition) and frees it before reading the next, so no rank ever holds the full model and its
+moments in host memory; every rank still reads every tensor once from storage.
+
+Frozen parameters (``requires_grad=False``: a LoRA base model) are not in checkpoints (meta.json lists them under
+``frozen``): they come from wherever the model was built from, and :meth:`Engine.consolidated_state_dict` includes
+them (gathered under ZeRO-3), so a merged export sees the whole model.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import logging
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
@@ -65,6 +72,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "scalefirst-engine-v1"
 """``meta.json["format"]`` of engine checkpoints; bumped on incompatible layout changes."""
+
+DEFAULT_LOAD_CHUNK_BYTES = 256 * 2**20
+"""Most bytes of full (unpartitioned) checkpoint tensors a rank holds at once while loading (see ``load``)."""
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 _STEP_DIR = re.compile(r"^step_\d{8}(\.partial)?$")
@@ -139,12 +149,18 @@ class Engine(Protocol):
 # ----------------------------------------------------------------------------------------- optimizer pieces
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, group_lrs: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
     """AdamW parameter groups: decoupled weight decay on weight matrices/kernels, none on gains and biases.
 
     Not decayed: parameters with fewer than 2 dimensions, biases, every parameter of a normalization layer
     (BatchNorm/LayerNorm/GroupNorm/RMSNorm) and the CLIP temperature ``logit_scale``. Frozen parameters
     (``requires_grad=False``) are left out. Empty groups are omitted.
+
+    ``group_lrs`` maps a parameter-name substring to its own peak learning rate (the first matching key wins; e.g.
+    ``{"multi_modal_projector": 2e-5}``): those parameters form groups ``decay.<key>`` / ``no_decay.<key>`` with
+    ``"lr"`` set; the others use the optimizer's default lr. Every group follows the same LR schedule.
 
     Example::
 
@@ -153,27 +169,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         [('decay', 1, 0.1), ('no_decay', 3, 0.0)]
     """
     norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    group_lrs = dict(group_lrs or {})
+    groups: dict[tuple[bool, str | None], list[nn.Parameter]] = {
+        (d, k): [] for k in (None, *group_lrs) for d in (True, False)
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
         exempt = p.ndim < 2 or leaf == "bias" or leaf == "logit_scale" or id(p) in norm_params
-        (no_decay if exempt else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
+        key = next((k for k in group_lrs if k in name), None)
+        groups[(not exempt, key)].append(p)
+    out = []
+    for (decayed, key), params in groups.items():
+        if not params:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0,
+                 "name": ("decay" if decayed else "no_decay") + (f".{key}" if key else "")}  # fmt: skip
+        if key is not None:
+            group["lr"] = group_lrs[key]
+        out.append(group)
+    return out
 
 
-def build_optimizer(model: nn.Module, optim_cfg: ClipOptimConfig) -> torch.optim.AdamW:
-    """torch AdamW over :func:`param_groups` with the configured peak LR, betas and epsilon."""
+def build_optimizer(
+    model: nn.Module, optim_cfg: ClipOptimConfig, group_lrs: Mapping[str, float] | None = None
+) -> torch.optim.AdamW:
+    """torch AdamW over :func:`param_groups` with the configured peak LR (``group_lrs`` for some), betas, epsilon."""
     beta1, beta2 = optim_cfg.betas
-    return torch.optim.AdamW(
-        param_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr, betas=(beta1, beta2), eps=optim_cfg.eps
-    )
+    groups = param_groups(model, optim_cfg.weight_decay, group_lrs)
+    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=(beta1, beta2), eps=optim_cfg.eps)
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, max_steps: int, schedule: str) -> float:
@@ -308,6 +333,31 @@ def _owners(shapes: dict[str, tuple[int, ...]], world_size: int) -> dict[str, in
     return owners
 
 
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def load_chunks(shapes: dict[str, tuple[int, ...]], copies: int, budget_bytes: int) -> list[list[str]]:
+    """Parameter names in consecutive chunks whose full fp32 tensors (``copies`` per parameter: value and the two
+    AdamW moments) fit ``budget_bytes``; a parameter larger than the budget is a chunk of its own.
+
+    Example::
+
+        >>> load_chunks({"a": (4,), "b": (4,), "c": (16,)}, 1, 32)
+        [['a', 'b'], ['c']]
+    """
+    chunks: list[list[str]] = []
+    size = 0
+    for name, shape in shapes.items():
+        need = 4 * copies * math.prod(shape)
+        if not chunks or size + need > budget_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(name)
+        size += need
+    return chunks
+
+
 def resolve_checkpoint(root_or_dir: str | Path) -> Path | None:
     """The committed checkpoint ``root_or_dir`` names: itself if it holds meta.json, else the newest committed
     ``step_*`` directory under it, else None (no checkpoint yet). A ``step_*`` directory without meta.json (an
@@ -337,6 +387,7 @@ class EngineBase(ABC):
         micro_batch_size: int,
         env: DistEnv,
         keep_checkpoints: int,
+        load_chunk_bytes: int = DEFAULT_LOAD_CHUNK_BYTES,
     ) -> None:
         self.rank = env.rank
         self.world_size = env.world_size
@@ -346,8 +397,13 @@ class EngineBase(ABC):
         self.grad_accum_steps = engine_cfg.grad_accum_steps
         self.keep_checkpoints = keep_checkpoints
         # Shapes as the model defines them, recorded before a backend may re-view parameters (DeepSpeed stores 0-d
-        # parameters as [1]); checkpoints and consolidated state dicts always use these.
-        self._param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+        # parameters as [1]); checkpoints and consolidated state dicts always use these. Checkpoints hold the
+        # trainable parameters; frozen ones (a LoRA base) come from wherever the model was built from.
+        self._param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+        self._frozen_shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if not p.requires_grad}
+        self.load_chunk_bytes = load_chunk_bytes
+        self.last_load_peak_bytes = 0
+        """Bytes of full checkpoint tensors the last :meth:`load` held at once (at most one chunk)."""
         self._params_by_name: dict[str, nn.Parameter] | None = None  # filled at the first clamp_param_
         self._scheduler: LambdaLR
 
@@ -394,6 +450,15 @@ class EngineBase(ABC):
     def gathered_params(self) -> AbstractContextManager[None]:
         return nullcontext()
 
+    def _full_frozen_param(self, param: nn.Parameter) -> torch.Tensor:
+        """Collective under ZeRO-3: the whole value of a frozen (not optimized) parameter."""
+        return param.detach()
+
+    def _trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, p in self.module.named_parameters():
+            if name in self._param_shapes:
+                yield name, p
+
     # -- common API
 
     def clamp_param_(self, name: str, min: float | None = None, max: float | None = None) -> bool:
@@ -433,11 +498,14 @@ class EngineBase(ABC):
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Collective: the full fp32 ``module.state_dict()`` on every rank (CPU tensors, the model's own shapes).
 
-        Parameters are the fp32 master values; buffers are rank 0's (BatchNorm running statistics are per rank
+        Trainable parameters are the fp32 master values, frozen ones their values; buffers are rank 0's (BatchNorm running statistics are per rank
         under data parallelism; rank 0's is what DDP broadcasts and what a single exported model can hold).
         """
         state: dict[str, torch.Tensor] = {}
         for name, p in self.module.named_parameters():
+            if name in self._frozen_shapes:
+                state[name] = _full_cpu(self._full_frozen_param(p), self._frozen_shapes[name])
+                continue
             value, _, _ = self._full_param_state(p, with_optim=False)
             state[name] = _full_cpu(value, self._param_shapes[name])  # for unpartitioned engines: the live param
         state.update(self._broadcast_buffers_from_rank0())
@@ -462,7 +530,7 @@ class EngineBase(ABC):
         if adam_step > 0:
             self._before_state_access()
         state: dict[str, Any] = {}
-        for name, p in self.module.named_parameters():
+        for name, p in self._trainable():
             value, exp_avg, exp_avg_sq = self._full_param_state(p, with_optim=adam_step > 0)  # collective
             if owners[name] != self.rank:
                 continue
@@ -492,6 +560,7 @@ class EngineBase(ABC):
             "grad_accum_steps": self.grad_accum_steps,
             "global_batch_size": self.micro_batch_size * self.grad_accum_steps * self.world_size,
             "params": {name: list(shape) for name, shape in self._param_shapes.items()},
+            "frozen": {name: list(shape) for name, shape in self._frozen_shapes.items()},
             "buffers": [name for name, _ in self._persistent_buffers()],
             "grad_scaler": scaler is not None,
             **(extra_meta or {}),
@@ -529,11 +598,6 @@ class EngineBase(ABC):
 
         adam_step = int(meta["adam_step"])
         state: dict[str, Any] = {}
-        for name, shape in self._param_shapes.items():
-            state[f"model.{name}"] = torch.empty(shape)
-            if adam_step > 0:
-                state[f"optim.exp_avg.{name}"] = torch.empty(shape)
-                state[f"optim.exp_avg_sq.{name}"] = torch.empty(shape)
         buffers = dict(self._persistent_buffers())
         missing_buffers = sorted(set(buffers) - set(meta["buffers"]))
         if missing_buffers:
@@ -552,10 +616,21 @@ class EngineBase(ABC):
 
         if adam_step > 0:
             self._init_optimizer_state(adam_step)
-        for name, p in self.module.named_parameters():
-            self._load_param_state(
-                p, state[f"model.{name}"], state.get(f"optim.exp_avg.{name}"), state.get(f"optim.exp_avg_sq.{name}")
-            )
+        self.last_load_peak_bytes = 0
+        params = dict(self._trainable())
+        for chunk in load_chunks(self._param_shapes, 3 if adam_step > 0 else 1, self.load_chunk_bytes):
+            tensors: dict[str, torch.Tensor] = {}
+            for name in chunk:
+                tensors[f"model.{name}"] = torch.empty(self._param_shapes[name])
+                if adam_step > 0:
+                    tensors[f"optim.exp_avg.{name}"] = torch.empty(self._param_shapes[name])
+                    tensors[f"optim.exp_avg_sq.{name}"] = torch.empty(self._param_shapes[name])
+            self.last_load_peak_bytes = max(self.last_load_peak_bytes, _nbytes(tensors))
+            Checkpointer.load(path, tensors)  # collective; every rank walks the same chunks
+            for name in chunk:
+                self._load_param_state(params[name], tensors.pop(f"model.{name}"),
+                                       tensors.pop(f"optim.exp_avg.{name}", None),
+                                       tensors.pop(f"optim.exp_avg_sq.{name}", None))  # fmt: skip
         with torch.no_grad():
             for name, buf in buffers.items():
                 buf.copy_(state[f"buffers.{name}"])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from framework.config.schema import ClipOptimConfig, EngineConfig
-from framework.distributed.engine import Engine
+from framework.distributed.engine import DEFAULT_LOAD_CHUNK_BYTES, Engine
 from framework.distributed.env import DistEnv
 
 
@@ -45,6 +45,8 @@ def build_engine(
     env: DistEnv,
     keep_checkpoints: int = 2,
     ds_config_overrides: dict[str, Any] | None = None,
+    group_lrs: dict[str, float] | None = None,
+    load_chunk_bytes: int = DEFAULT_LOAD_CHUNK_BYTES,
 ) -> Engine:
     """Wrap ``model`` (same initial weights on every rank) for data-parallel training on ``env``'s process group.
 
@@ -56,13 +58,16 @@ def build_engine(
         max_steps: Optimizer steps of the whole run (end of the cosine schedule).
         env: The initialized distributed environment (:func:`framework.distributed.env.init_distributed`).
         keep_checkpoints: Committed checkpoints kept by :meth:`Engine.save` (oldest removed first).
+        group_lrs: Parameter-name substring → its own peak LR (e.g. a LoRA run's projector); see
+            :func:`~framework.distributed.engine.param_groups`.
+        load_chunk_bytes: Most bytes of full checkpoint tensors held at once by :meth:`Engine.load`.
         ds_config_overrides: Extra DeepSpeed config merged (recursively) over the generated one, e.g.
             ``{"zero_optimization": {"stage3_param_persistence_threshold": 0}}``. Only with backend=deepspeed.
 
     Raises:
         ValueError: an unsupported precision for the device (names ``engine.precision``), a device other than the
-            process group's (``engine.device``), non-positive sizes, frozen parameters, or
-            ``ds_config_overrides`` with backend=ddp.
+            process group's (``engine.device``), non-positive sizes, or
+            ``ds_config_overrides`` with backend=ddp; a model without trainable parameters.
     """
     if micro_batch_size <= 0 or max_steps <= 0 or keep_checkpoints <= 0:
         raise ValueError(
@@ -72,10 +77,12 @@ def build_engine(
     if engine_cfg.device != "auto" and engine_cfg.device != env.device.type:
         raise ValueError(f"engine.device={engine_cfg.device} but the process group runs on {env.device}")
     check_precision(engine_cfg, env.device)
-    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    if frozen:
-        raise ValueError(f"frozen parameters are not supported by the engines' checkpoints yet: {frozen[:5]}")
-    kwargs = dict(micro_batch_size=micro_batch_size, max_steps=max_steps, env=env, keep_checkpoints=keep_checkpoints)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False)")
+    if load_chunk_bytes <= 0:
+        raise ValueError(f"load_chunk_bytes must be > 0, got {load_chunk_bytes}")
+    kwargs = dict(micro_batch_size=micro_batch_size, max_steps=max_steps, env=env, keep_checkpoints=keep_checkpoints,
+                  group_lrs=group_lrs, load_chunk_bytes=load_chunk_bytes)  # fmt: skip
     if engine_cfg.backend == "deepspeed":
         from framework.distributed.deepspeed_engine import DeepSpeedEngine
 

@@ -8,9 +8,7 @@ so they are batched without padding; mixed lengths are grouped by length.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,30 +19,9 @@ from PIL import Image
 
 from framework.data.clip.image_ops import preprocess
 from framework.data.lvlm.chat import prompt_ids
+from framework.data.lvlm.dataset import read_split
 from framework.data.lvlm.scenes import DETAIL_PROMPTS, vocabulary
 from framework.metrics.hallucination import POPE_MODES, chair, pope_metrics, words
-
-
-def read_split(scenes_dir: str | Path, split: str = "eval", limit: int | None = None) -> list[dict[str, Any]]:
-    """Samples of a scene-world split in key order: {"id", "image" (PIL), "caption", "annotation"}."""
-    root = Path(scenes_dir) / split
-    shards = sorted(root.glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no shards in {root} (write the scene world with `scalefirst make-scenes`)")
-    out: list[dict[str, Any]] = []
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-        for name in sorted(n for n in members if n.endswith(".json")):
-            key = name[:-5]
-            meta = json.loads(members[name])
-            image = Image.open(io.BytesIO(members[f"{key}.jpg"])).convert("RGB")
-            out.append(
-                {"id": meta["id"], "image": image, "caption": members[f"{key}.txt"].decode(), "annotation": meta}
-            )
-            if limit is not None and len(out) >= limit:
-                return out
-    return out
 
 
 @torch.no_grad()

@@ -18,8 +18,8 @@ Legend: B = batch, L = sequence positions (after the next-token shift), T_r = to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +35,18 @@ def vcd_alphas_cumprod(steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
-def noised_pixels(pixels: torch.Tensor, t: int = 900, generator: torch.Generator | None = None) -> torch.Tensor:
-    """v* = sqrt(abar_t) v + sqrt(1 - abar_t) eps (t in [0, 999])."""
+def noised_pixels(
+    pixels: torch.Tensor, t: int = 900, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """v* = sqrt(abar_t) v + sqrt(1 - abar_t) eps (t in [0, 999]); eps drawn from ``generator`` unless ``noise``
+    gives it (the trainer draws it per sample, so d does not depend on how a batch is split over ranks)."""
     abar = vcd_alphas_cumprod()
     if not 0 <= t < abar.numel():
         raise ValueError(f"noise step must be in [0, {abar.numel() - 1}], got {t}")
-    eps = torch.randn(pixels.shape, generator=generator, dtype=pixels.dtype, device="cpu").to(pixels.device)
+    if noise is None:
+        eps = torch.randn(pixels.shape, generator=generator, dtype=pixels.dtype, device="cpu").to(pixels.device)
+    else:
+        eps = noise.to(pixels.device, pixels.dtype)
     a = float(abar[t])
     return a**0.5 * pixels + (1 - a) ** 0.5 * eps
 
@@ -104,21 +110,26 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def batch_dependence(
-    model: nn.Module, batch: dict[str, torch.Tensor], pixels: torch.Tensor, t: int = 900,
-    generator: torch.Generator | None = None,
+    model: nn.Module | Callable[..., Any], batch: dict[str, torch.Tensor], pixels: torch.Tensor, t: int = 900,
+    generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(d [B, L-1], shifted labels [B, L-1]) for a batch: clean and noised forward passes in eval mode, no grad;
-    the model's train/eval mode is restored."""
-    was_training = model.training
-    model.eval()
+    """(d [B, L-1], shifted labels [B, L-1]) for a batch: clean and noised forward passes without grad.
+
+    ``model``: an ``nn.Module``, put in eval mode for the two passes (its mode is restored), or a forward callable
+    the caller has put in eval mode (the trainer passes its engine, so ZeRO-3 gathering and autocast apply)."""
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
     try:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         labels = batch["labels"][:, 1:]
-        lp = label_logprobs(model(**inputs, pixel_values=pixels).logits[:, :-1], labels)
-        lp_noisy = label_logprobs(model(**inputs, pixel_values=noised_pixels(pixels, t, generator)).logits[:, :-1],
-                                  labels)  # fmt: skip
+        lp = label_logprobs(model(**inputs, pixel_values=pixels)["logits"][:, :-1], labels)
+        noisy = noised_pixels(pixels, t, generator, noise)
+        lp_noisy = label_logprobs(model(**inputs, pixel_values=noisy)["logits"][:, :-1], labels)
     finally:
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     d = visual_dependence(lp, lp_noisy)
     return torch.where(labels != IGNORE, d, torch.zeros_like(d)), labels
 

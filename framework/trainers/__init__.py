@@ -11,6 +11,7 @@ TRAINERS: dict[str, str] = {
     "clip": "framework.trainers.clip:train",
     "daily": "framework.jobs.daily:run",
     "active": "framework.active.loop:train",
+    "lvlm": "framework.trainers.lvlm:train",
 }
 
 

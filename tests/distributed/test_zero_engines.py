@@ -301,10 +301,13 @@ def test_build_engine_rejects_inconsistent_arguments() -> None:
     with pytest.raises(ValueError, match="ds_config_overrides"):
         build_engine(make_model(), EngineConfig(backend="ddp", zero_stage=0), OPTIM, micro_batch_size=4,
                      max_steps=5, env=_CPU, ds_config_overrides={"zero_optimization": {}})  # fmt: skip
-    frozen = make_model()
-    frozen.logit_scale.requires_grad_(False)
-    with pytest.raises(ValueError, match="logit_scale"):
-        build_engine(frozen, EngineConfig(), OPTIM, micro_batch_size=4, max_steps=5, env=_CPU)
+    frozen = make_model().requires_grad_(False)  # some frozen parameters are fine (LoRA), all frozen is not
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_engine(frozen, EngineConfig(backend="ddp", zero_stage=0), OPTIM, micro_batch_size=4, max_steps=5,
+                     env=_CPU)  # fmt: skip
+    with pytest.raises(ValueError, match="load_chunk_bytes"):
+        build_engine(make_model(), EngineConfig(), OPTIM, micro_batch_size=4, max_steps=5, env=_CPU,
+                     load_chunk_bytes=0)  # fmt: skip
 
 
 def test_param_groups_exempt_gains_biases_norms_and_logit_scale() -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from framework.data.lvlm.dataset import read_split
 from framework.data.lvlm.scenes import build_scene_world, vocabulary
 from framework.data.lvlm.tokenizer import scene_tokenizer
-from framework.evaluation.lvlm_eval import evaluate_lvlm, plot_examples, read_split
+from framework.evaluation.lvlm_eval import evaluate_lvlm, plot_examples
 from framework.metrics.hallucination import chair, pope_metrics
 from framework.models.lvlm.model import LVLMConfig, build_lvlm
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from framework.data.lvlm.dataset import read_split
 from framework.data.lvlm.scenes import PARTNER, SceneWorldConfig, build_scene_world, render_scene, vocabulary
-from framework.evaluation.lvlm_eval import read_split
 from framework.metrics.hallucination import chair
 
 

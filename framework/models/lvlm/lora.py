@@ -21,7 +21,7 @@ class LoRAConfig:
     r: int = 128
     alpha: int = 256
     dropout: float = 0.05
-    targets: Sequence[str] = field(default_factory=tuple)
+    targets: list[str] = field(default_factory=list)
     """Suffixes of the language model's linear layers to adapt (e.g. ``["q_proj", "v_proj"]``); empty = every
     linear layer of the language model."""
     train_projector: bool = True
