@@ -252,7 +252,7 @@ def cmd_demo_lvlm(args: argparse.Namespace) -> int:
 
     from framework.data.lvlm.scenes import build_scene_world
     from framework.io import write_json_atomic
-    from framework.trainers.common import DirtyTreeError, check_results_path, environment_info, git_commit
+    from framework.trainers.common import DirtyTreeError, check_results_path, result_header
     from launch.preflight import validate_job
 
     if args.out:
@@ -290,8 +290,7 @@ def cmd_demo_lvlm(args: argparse.Namespace) -> int:
     ratios = [m["step_seconds"]["reweighted"] / m["step_seconds"]["mle"] for name, m in runs.items()
               if name.startswith("reweighted/")]  # fmt: skip
     result = {
-        "benchmark": "lvlm_demo", "git_commit": git_commit(), "env": environment_info(), "nproc": args.nproc,
-        "seconds": time.perf_counter() - t0, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
+        **result_header("lvlm_demo"), "nproc": args.nproc, "seconds": time.perf_counter() - t0, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
         "instruct_steps": args.steps, "summary": summary,
         "reweight_step_time_ratio": sum(ratios) / len(ratios),
         "pretrain": {k: runs["pretrain"]["eval"][k] for k in LVLM_COLUMNS},
@@ -507,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--run-dir", default="runs/demo_lvlm")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--pretrain-steps", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=150, help="instruct steps of each MLE / re-weighted run")
+    p.add_argument("--pretrain-steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=100, help="instruct steps of each MLE / re-weighted run")
     p.add_argument("--train", type=int, default=8000, help="training scenes")
     p.add_argument("--eval", type=int, default=200, help="held-out scenes")
     p.add_argument("--out", help="also write the summary JSON here (benchmarks/results/lvlm_demo.json)")

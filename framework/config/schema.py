@@ -593,6 +593,9 @@ class LVLMDataConfig:
     """Scene-world directory written by ``scalefirst make-scenes`` (train/ and eval/ shards, pope/)."""
     max_length: int = 192
     """Longest tokenized conversation (image tokens included); a longer one is an error naming its sample."""
+    turns: Literal["auto", "description", "all"] = "auto"
+    """Conversation turns trained on: description = the first exchange (image -> detailed description, LLaVA's
+    pretrain data), all = the whole conversation; auto = description for train.stage pretrain, all for instruct."""
     train_limit: int | None = None
     """Use only the first this many training scenes (null = all)."""
     eval_limit: int = 200
@@ -641,10 +644,16 @@ class LVLMLossConfig:
 class LVLMOptimConfig(ClipOptimConfig):
     projector_lr: float | None = None
     """Peak LR of the projector (LLaVA trains it at its own rate); null = optim.lr."""
+    group_lrs: dict[str, float] = field(default_factory=dict)
+    """Other per-parameter peak LRs: parameter-name substring -> LR (first match wins; e.g. ``vision_tower: 2e-3``
+    for a tower trained from scratch)."""
 
     def __post_init__(self) -> None:
         ClipOptimConfig.__post_init__(self)
         _positive(self, "projector_lr")
+        bad = {k: v for k, v in self.group_lrs.items() if v < 0}
+        if bad:
+            raise ValueError(f"group_lrs must be >= 0, got {bad}")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -227,6 +227,12 @@ def evaluate_run(model: nn.Module, cfg: LVLMJobConfig, scenes: str | Path, out_d
     return res
 
 
+def train_turns(cfg: LVLMJobConfig) -> str:
+    if cfg.data.turns != "auto":
+        return cfg.data.turns
+    return "description" if cfg.train.stage == "pretrain" else "all"
+
+
 def train(cfg: LVLMJobConfig) -> dict[str, Any]:
     """Run one LVLM job; returns the results dict (rank 0 also writes run_dir/metrics.json)."""
     env = init_distributed(cfg.engine.device)
@@ -234,13 +240,15 @@ def train(cfg: LVLMJobConfig) -> dict[str, Any]:
     tok = scene_tokenizer()
     ids = special_ids(tok)
     data = load_train_set(cfg.data.scenes, tok, image_size=cfg.model.image_size, image_tokens=cfg.model.image_tokens,
-                          max_length=cfg.data.max_length, stage=cfg.train.stage, limit=cfg.data.train_limit)  # fmt: skip
+                          max_length=cfg.data.max_length, turns=train_turns(cfg), limit=cfg.data.train_limit)  # fmt: skip
     kept = apply_filter(cfg, data, run_dir, env, ids["pad_token_id"])
 
     model = build_model(cfg, tok)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    group_lrs = {"multi_modal_projector": cfg.optim.projector_lr} if cfg.optim.projector_lr else None
+    group_lrs = dict(cfg.optim.group_lrs)
+    if cfg.optim.projector_lr:
+        group_lrs = {"multi_modal_projector": cfg.optim.projector_lr, **group_lrs}
     engine = build_engine(model, cfg.engine, cfg.optim, micro_batch_size=cfg.train.batch_size,
                           max_steps=cfg.train.max_steps, env=env, keep_checkpoints=cfg.train.keep_checkpoints,
                           group_lrs=group_lrs)  # fmt: skip
@@ -305,13 +313,16 @@ def train(cfg: LVLMJobConfig) -> dict[str, Any]:
                 raise RuntimeError(f"engine did not step after {accum} micro-batches (engine.grad_accum_steps)")
             step_seconds.append((reweight, time.perf_counter() - t0))
             window.append(loss)
-            progress.update(loss=loss)
+            progress.update(loss=loss * W)  # rank 0's share, scaled: an estimate between log steps
             step = engine.global_step
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                row = {"step": step, "loss_rank0": sum(window) / len(window), "lr": engine.lr(),
-                       "samples_per_s": progress.examples_per_second, "reweighting": float(reweight)}  # fmt: skip
+                # Each rank's loss is its share of the global-token mean: their sum is the step's loss.
+                sums = torch.cat([torch.tensor([sum(window)], dtype=torch.float64), stat_sum])
                 if W > 1:
-                    dist.all_reduce(stat_sum)
+                    dist.all_reduce(sums)
+                stat_sum = sums[1:]
+                row = {"step": step, "loss": sums[0].item() / len(window), "lr": engine.lr(),
+                       "samples_per_s": progress.examples_per_second, "reweighting": float(reweight)}  # fmt: skip
                 if stat_sum[0] > 0:
                     n = stat_sum[0].item()
                     pos, neg = stat_sum[1].item(), stat_sum[2].item()

@@ -40,7 +40,7 @@ TINY = [
     "data.max_length=128", "lora.r=4", "lora.alpha=8", "train.init_from=null", "engine.precision=fp32",
 ]  # fmt: skip
 OVERRIDES = [
-    *TINY, "loss.kind=reweighted", "loss.start_fraction=0.5", "optim.lr=3e-3", "optim.projector_lr=1e-3",
+    *TINY, "loss.kind=reweighted", "loss.start_fraction=0.5", "loss.tau=20", "loss.threshold=0.02", "optim.lr=3e-3", "optim.projector_lr=1e-3",
     "optim.warmup_steps=2", "train.max_steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=4",
     "train.log_every=1", "train.progress=false", "train.tensorboard=false", "data.eval_limit=0",
 ]  # fmt: skip
@@ -139,6 +139,13 @@ def test_zero2_and_zero3_on_two_ranks_match_one_rank(parity: dict[str, Path]) ->
         assert_models(final(parity[name]), one, ATOL, RTOL)
     m = json.loads((parity["one_rank"] / "metrics.json").read_text())
     assert m["world_size"] == 1 and m["global_batch"] == 8
+    # the logged loss is the global batch's (the ranks' shares summed), whatever the world size
+    for name in ("zero2", "zero3"):
+        h = json.loads((parity[name] / "metrics.json").read_text())["history"]
+        assert [x["loss"] for x in h] == pytest.approx([x["loss"] for x in m["history"]], rel=1e-4)
+        assert [x.get("share_image_negative") for x in h] == pytest.approx(
+            [x.get("share_image_negative") for x in m["history"]], abs=1e-9
+        )
 
 
 @pytest.mark.slow
@@ -152,7 +159,7 @@ def test_kill_and_resume_ends_identical(scenes: Path, straight: Path, tmp_path: 
     assert_models(final(run_dir), final(straight), 0, 0)
     h_want = json.loads((straight / "metrics.json").read_text())["history"]
     h_got = json.loads((run_dir / "metrics.json").read_text())["history"]
-    assert [h["loss_rank0"] for h in h_got] == [h["loss_rank0"] for h in h_want[2:]]
+    assert [h["loss"] for h in h_got] == [h["loss"] for h in h_want[2:]]
 
 
 @pytest.mark.slow
@@ -179,7 +186,7 @@ def test_data_filter_drops_the_extreme_scores(scenes: Path, straight: Path, tmp_
     record = json.loads((run_dir / "filter.json").read_text())
     model, cfg = load_final_model(straight)
     data = load_train_set(scenes, scene_tokenizer(), image_size=cfg.model.image_size,
-                          image_tokens=cfg.model.image_tokens, max_length=128, stage="instruct")  # fmt: skip
+                          image_tokens=cfg.model.image_tokens, max_length=128, turns="all")  # fmt: skip
     scores = score_samples(model, data, pad_id=0, seed=cfg.train.seed, noise_step=900, rank=0, world_size=1)
     assert record["scores"] == pytest.approx(dict(zip(data.ids, scores, strict=True)), abs=1e-5)
     order = sorted(range(64), key=lambda i: scores[i])

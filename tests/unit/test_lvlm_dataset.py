@@ -34,8 +34,8 @@ def test_ranks_and_micro_batches_partition_the_step(world: int, accum: int) -> N
 def test_stages_tokenize_first_exchange_or_whole_conversation(tmp_path: Path) -> None:
     build_scene_world(tmp_path, 6, 2, seed=0, progress=False)
     tok = scene_tokenizer()
-    pre = load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=256, stage="pretrain")
-    ins = load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=256, stage="instruct")
+    pre = load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=256, turns="description")
+    ins = load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=256, turns="all")
     assert len(pre) == len(ins) == 6 and pre.pixels_NCHW.shape == (6, 3, 32, 32)
     eos = tok.eos_token_id
     for i in range(6):
@@ -45,4 +45,4 @@ def test_stages_tokenize_first_exchange_or_whole_conversation(tmp_path: Path) ->
     batch = ins.batch([4, 1], tok.pad_token_id)
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["input_ids"].shape[0] == 2
     with pytest.raises(ValueError, match=r"sample train0000000: .*max_length 40.*data.max_length"):
-        load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=40, stage="instruct")
+        load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=40, turns="all")

@@ -74,11 +74,11 @@ class SceneTrainSet:
 
 
 def load_train_set(
-    scenes_dir: str | Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int, stage: str,
+    scenes_dir: str | Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int, turns: str,
     split: str = "train", limit: int | None = None,
 ) -> SceneTrainSet:  # fmt: skip
-    """The split's samples: ``stage="pretrain"`` keeps the first exchange (image -> detailed description),
-    ``"instruct"`` the whole conversation.
+    """The split's samples: ``turns="description"`` keeps the first exchange (image -> detailed description),
+    ``"all"`` the whole conversation.
 
     Raises:
         ValueError: a conversation longer than ``max_length`` (names the sample and the key to raise).
@@ -87,7 +87,7 @@ def load_train_set(
     ids, input_ids, labels = [], [], []
     for s in samples:
         conv = s["annotation"]["conversations"]
-        conv = conv[:2] if stage == "pretrain" else conv
+        conv = conv[:2] if turns == "description" else conv
         try:
             x, y = encode_conversation(conv, tokenizer, image_tokens, max_length)
         except ValueError as e:
