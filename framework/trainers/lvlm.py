@@ -372,7 +372,10 @@ def train(cfg: LVLMJobConfig) -> dict[str, Any]:
             res = evaluate_run(merged, cfg, cfg.data.scenes, run_dir)
             results["eval"] = {k: res[k] for k in ("chair_s", "chair_i", "recall", "length", "pope_f1", "pope")}
         write_json_atomic(run_dir / "metrics.json", results)
-        logger.info("done: %d steps, final %s, eval %s", engine.global_step, results["final"], results.get("eval"))
+        ev = results.get("eval")
+        logger.info("done: %d steps, loss %.4f%s", engine.global_step, results["final"].get("loss", float("nan")),
+                    "" if ev is None else ", eval " + " ".join(f"{k} {ev[k]:.3f}" for k in
+                                                               ("chair_s", "chair_i", "recall", "pope_f1", "length")))  # fmt: skip
     return results
 
 
