@@ -593,9 +593,12 @@ class LVLMDataConfig:
     """Scene-world directory written by ``scalefirst make-scenes`` (train/ and eval/ shards, pope/)."""
     max_length: int = 192
     """Longest tokenized conversation (image tokens included); a longer one is an error naming its sample."""
-    turns: Literal["auto", "description", "all"] = "auto"
+    turns: Literal["auto", "description", "all", "shuffled"] = "auto"
     """Conversation turns trained on: description = the first exchange (image -> detailed description, LLaVA's
-    pretrain data), all = the whole conversation; auto = description for train.stage pretrain, all for instruct."""
+    pretrain data), all = the whole conversation as written (description first), shuffled = its exchanges in a
+    per-sample order with the image in the first question (as LLaVA-Instruct conversations, and so that POPE's
+    single-turn questions are in distribution); auto = description for train.stage pretrain, shuffled for
+    instruct."""
     train_limit: int | None = None
     """Use only the first this many training scenes (null = all)."""
     eval_limit: int = 200

@@ -230,7 +230,7 @@ def evaluate_run(model: nn.Module, cfg: LVLMJobConfig, scenes: str | Path, out_d
 def train_turns(cfg: LVLMJobConfig) -> str:
     if cfg.data.turns != "auto":
         return cfg.data.turns
-    return "description" if cfg.train.stage == "pretrain" else "all"
+    return "description" if cfg.train.stage == "pretrain" else "shuffled"
 
 
 def train(cfg: LVLMJobConfig) -> dict[str, Any]:

@@ -46,3 +46,22 @@ def test_stages_tokenize_first_exchange_or_whole_conversation(tmp_path: Path) ->
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["input_ids"].shape[0] == 2
     with pytest.raises(ValueError, match=r"sample train0000000: .*max_length 40.*data.max_length"):
         load_train_set(tmp_path, tok, image_size=32, image_tokens=16, max_length=40, turns="all")
+
+
+def test_shuffled_turns_reorder_exchanges_and_move_the_image(tmp_path: Path) -> None:
+    build_scene_world(tmp_path, 12, 2, seed=0, progress=False)
+    tok = scene_tokenizer()
+    args = dict(image_size=32, image_tokens=16, max_length=256)
+    plain = load_train_set(tmp_path, tok, turns="all", **args)
+    shuf = load_train_set(tmp_path, tok, turns="shuffled", **args)
+    assert shuf.labels == load_train_set(tmp_path, tok, turns="shuffled", **args).labels  # deterministic
+    image_id = tok.convert_tokens_to_ids("<image>")
+    firsts = set()
+    for i in range(12):
+        x, y = shuf.input_ids[i], shuf.labels[i]
+        assert sorted(x) == sorted(plain.input_ids[i]) and sorted(y) == sorted(plain.labels[i])  # same turns
+        start = x.index(image_id)
+        assert x[start : start + 16] == [image_id] * 16 and x.count(image_id) == 16  # one image, first question
+        assert all(t == IGNORE for t in y[: start + 16])
+        firsts.add(tok.decode(x[start + 16 : start + 19]))
+    assert len(firsts) > 1  # not always the description first

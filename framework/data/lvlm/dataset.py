@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +74,30 @@ class SceneTrainSet:
         return sum(sum(1 for t in self.labels[i] if t != IGNORE) for i in rows)
 
 
+IMAGE_PREFIX = "<image>\n"
+
+
+def shuffled_turns(conversation: Sequence[dict[str, str]], key: str) -> list[dict[str, str]]:
+    """The conversation's exchanges (question + answer) in an order drawn from ``key``, the image placeholder moved
+    to the new first question: LLaVA-Instruct conversations open with any question, and single-turn evaluation
+    prompts (POPE: ``<image>\nIs there a ...?``) must be in distribution."""
+    pairs = [list(conversation[i : i + 2]) for i in range(0, len(conversation), 2)]
+    order = np.random.default_rng(zlib.crc32(key.encode())).permutation(len(pairs))
+    out: list[dict[str, str]] = []
+    for k, i in enumerate(order):
+        q, a = pairs[int(i)]
+        text = q["value"].removeprefix(IMAGE_PREFIX)
+        out += [{**q, "value": IMAGE_PREFIX + text if k == 0 else text}, a]
+    return out
+
+
 def load_train_set(
     scenes_dir: str | Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int, turns: str,
     split: str = "train", limit: int | None = None,
 ) -> SceneTrainSet:  # fmt: skip
     """The split's samples: ``turns="description"`` keeps the first exchange (image -> detailed description),
-    ``"all"`` the whole conversation.
+    ``"all"`` the whole conversation, ``"shuffled"`` the whole conversation in a per-sample order
+    (:func:`shuffled_turns`).
 
     Raises:
         ValueError: a conversation longer than ``max_length`` (names the sample and the key to raise).
@@ -87,7 +106,12 @@ def load_train_set(
     ids, input_ids, labels = [], [], []
     for s in samples:
         conv = s["annotation"]["conversations"]
-        conv = conv[:2] if turns == "description" else conv
+        if turns == "description":
+            conv = conv[:2]
+        elif turns == "shuffled":
+            conv = shuffled_turns(conv, s["id"])
+        elif turns != "all":
+            raise ValueError(f"turns must be description, all or shuffled, got {turns!r}")
         try:
             x, y = encode_conversation(conv, tokenizer, image_tokens, max_length)
         except ValueError as e:
