@@ -290,8 +290,8 @@ def cmd_demo_lvlm(args: argparse.Namespace) -> int:
     ratios = [m["step_seconds"]["reweighted"] / m["step_seconds"]["mle"] for name, m in runs.items()
               if name.startswith("reweighted/")]  # fmt: skip
     result = {
-        **result_header("lvlm_demo"), "nproc": args.nproc, "seconds": time.perf_counter() - t0, "seeds": args.seeds, "pretrain_steps": args.pretrain_steps,
-        "instruct_steps": args.steps, "summary": summary,
+        **result_header("lvlm_demo"), "nproc": args.nproc, "seconds": time.perf_counter() - t0, "seeds": args.seeds,
+        "pretrain_steps": args.pretrain_steps, "instruct_steps": args.steps, "summary": summary,
         "reweight_step_time_ratio": sum(ratios) / len(ratios),
         "pretrain": {k: runs["pretrain"]["eval"][k] for k in LVLM_COLUMNS},
         "per_seed": {name: {**{k: m["eval"][k] for k in LVLM_COLUMNS}, "pope": m["eval"]["pope"],

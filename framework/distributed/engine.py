@@ -498,8 +498,9 @@ class EngineBase(ABC):
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Collective: the full fp32 ``module.state_dict()`` on every rank (CPU tensors, the model's own shapes).
 
-        Trainable parameters are the fp32 master values, frozen ones their values; buffers are rank 0's (BatchNorm running statistics are per rank
-        under data parallelism; rank 0's is what DDP broadcasts and what a single exported model can hold).
+        Trainable parameters are the fp32 master values, frozen ones their values; buffers are rank 0's (BatchNorm
+        running statistics are per rank under data parallelism; rank 0's is what DDP broadcasts and what a single
+        exported model can hold).
         """
         state: dict[str, torch.Tensor] = {}
         for name, p in self.module.named_parameters():

@@ -26,7 +26,7 @@ import torch
 
 from framework.checkpoint.dcp import Checkpointer, save_atomic
 from framework.checkpoint.resume import check_resume_config
-from framework.config import load_job_config, to_dict
+from framework.config import to_dict
 from framework.config.schema import ClipJobConfig, ClipLossConfig
 from framework.data.clip.loader import ClipBatch, build_clip_loader
 from framework.data.clip.tokenizer import Tokenizer, build_tokenizer
@@ -41,6 +41,7 @@ from framework.trainers.common import (
     Progress,
     ScalarLogger,
     environment_info,
+    finished_run,
     git_commit,
     open_run_dir,
 )
@@ -275,16 +276,9 @@ def train(cfg: ClipJobConfig) -> dict[str, Any]:
 
 def load_trained_clip(run_dir: str | Path) -> tuple[CLIP, Tokenizer, ClipJobConfig]:
     """The final fp32 model of a finished run, its tokenizer and its config (for evaluation, single process)."""
-    run_dir = Path(run_dir)
-    config, weights = run_dir / "config.yaml", run_dir / FINAL_MODEL
-    for path in (config, weights):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} the run_dir of a finished clip run?")
-    cfg = load_job_config(config)
-    if cfg.family != "clip":
-        raise ValueError(f"{config} is a {cfg.family!r} run, not a clip run")
+    cfg, state = finished_run(run_dir, "clip", FINAL_MODEL)
     model = CLIP(cfg.model)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     model.eval()
     tokenizer = build_tokenizer(cfg.data.tokenizer, cfg.model.context_length, cfg.data.vocab_path)
     return model, tokenizer, cfg

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
-from framework.config import save_config
+from framework.config import load_job_config, save_config
 from framework.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,24 @@ def open_run_dir(cfg: Any, is_main: bool) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     return run_dir
+
+
+def finished_run(run_dir: str | Path, family: str, final_model: str) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The config and final fp32 state dict (``run_dir/final_model``) of a finished run of ``family``.
+
+    Raises:
+        FileNotFoundError: config.yaml or the final model is missing (names the file).
+        ValueError: the run belongs to another family.
+    """
+    run_dir = Path(run_dir)
+    config, weights = run_dir / "config.yaml", run_dir / final_model
+    for path in (config, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} the run_dir of a finished {family} run?")
+    cfg = load_job_config(config)
+    if cfg.family != family:
+        raise ValueError(f"{config} is a {cfg.family!r} run, not a {family} run")
+    return cfg, torch.load(weights, map_location="cpu", weights_only=True)
 
 
 def environment_info() -> dict[str, Any]:

@@ -44,8 +44,9 @@ from torch import nn
 
 from framework.checkpoint.dcp import Checkpointer, save_atomic
 from framework.checkpoint.resume import check_resume_config
-from framework.config import load_job_config, to_dict
+from framework.config import to_dict
 from framework.config.schema import LVLMJobConfig
+from framework.data.lvlm.chat import IGNORE
 from framework.data.lvlm.dataset import SceneTrainSet, load_train_set, micro_rows, step_rows
 from framework.data.lvlm.tokenizer import scene_tokenizer
 from framework.distributed.engine import Engine, resolve_checkpoint
@@ -62,7 +63,14 @@ from framework.losses.visual_dependence import (
 )
 from framework.models.lvlm.lora import apply_lora, merged_model
 from framework.models.lvlm.model import build_lvlm, lvlm_parts
-from framework.trainers.common import Progress, ScalarLogger, environment_info, git_commit, open_run_dir
+from framework.trainers.common import (
+    Progress,
+    ScalarLogger,
+    environment_info,
+    finished_run,
+    git_commit,
+    open_run_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +97,10 @@ def special_ids(tokenizer) -> dict[str, int]:
 
 def load_final_model(run_dir: str | Path) -> tuple[nn.Module, LVLMJobConfig]:
     """The merged fp32 model of a finished LVLM run and its config (CPU, eval mode)."""
-    run_dir = Path(run_dir)
-    config, weights = run_dir / "config.yaml", run_dir / FINAL_MODEL
-    for path in (config, weights):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} the run_dir of a finished lvlm run?")
-    cfg = load_job_config(config)
-    if cfg.family != "lvlm":
-        raise ValueError(f"{config} is a {cfg.family!r} run, not an lvlm run")
+    cfg, state = finished_run(run_dir, "lvlm", FINAL_MODEL)
     tok = scene_tokenizer()
     model = build_lvlm(cfg.model, len(tok), **special_ids(tok))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     return model.eval(), cfg
 
 
@@ -137,7 +138,7 @@ def sample_noise(rows: list[int], shape: tuple[int, ...], seed: int, step: int) 
 
 def dependence_stats(d: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, threshold: float) -> torch.Tensor:
     """Sums for logging: [tokens, image-positive, image-negative, weight sums of positive/negative/invariant]."""
-    sup = labels != -100
+    sup = labels != IGNORE
     cls = token_classes(d, threshold)
     out = [sup.sum(), (sup & (cls == 1)).sum(), (sup & (cls == -1)).sum()]
     out += [weights[sup & (cls == c)].sum() for c in (1, -1, 0)]
@@ -163,7 +164,7 @@ def micro_step(
         weights = token_weights(d, labels, eos_id, tau=cfg.loss.tau, variant=cfg.loss.variant)
         stats = dependence_stats(d, labels, weights, cfg.loss.threshold)
     logits = engine(**inputs, pixel_values=pixels, use_cache=False)["logits"][:, :-1]
-    local_tokens = int((labels != -100).sum())
+    local_tokens = int((labels != IGNORE).sum())
     # weighted_nll divides by this micro-batch's tokens; rescale to the global-batch normalization (module doc),
     # times world size x accumulation, which the engine's gradient averaging and 1/accum scaling divide out.
     share = weighted_nll(logits, labels, weights) * local_tokens / n_tokens

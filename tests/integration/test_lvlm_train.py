@@ -211,3 +211,19 @@ def test_pretrain_stage_trains_only_the_named_parts_in_bf16(scenes: Path, tmp_pa
     init = build_lvlm(cfg.model, len(scene_tokenizer()), **special_ids(scene_tokenizer())).state_dict()
     changed = {k for k, v in trained.state_dict().items() if not torch.equal(v, init[k])}
     assert changed and all("multi_modal_projector" in k for k in changed)
+
+
+def test_demo_writes_the_results_interface(tmp_path: Path) -> None:
+    model = [o for o in TINY if o.startswith(("model.", "data."))]
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "demo-lvlm", "--seeds", "1", "--pretrain-steps", "2",
+                           "--steps", "2", "--train", "32", "--eval", "4", "--run-dir", str(tmp_path), *model,
+                           "train.progress=false"], cwd=REPO, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    ok(proc)
+    result = json.loads((tmp_path / "lvlm_demo.json").read_text())
+    assert set(result["summary"]) == {"mle", "reweighted"}
+    for kind in ("mle", "reweighted"):
+        assert set(result["summary"][kind]) == {"chair_s", "chair_i", "recall", "pope_f1", "length"}
+        run = json.loads((tmp_path / kind / "seed0" / "metrics.json").read_text())
+        assert result["summary"][kind]["chair_s"] == run["eval"]["chair_s"]  # the mean of one seed
+    assert result["reweight_step_time_ratio"] > 0 and "reweighted (mean of 1 seeds)" in proc.stdout
