@@ -2,13 +2,15 @@
 descriptions, POPE on the three question sets, response length; and a figure of examples with the hallucinated
 object words marked.
 
-Greedy decoding (the seed's protocol). Prompts of one kind have one token length (every object name is one word),
-so they are batched without padding; mixed lengths are grouped by length.
+Greedy decoding by default (the seed's protocol); beam search and VCD through ``decoding`` (framework/decoding).
+Prompts of one kind have one token length (every object name is one word), so they are batched without padding;
+mixed lengths are grouped by length.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,50 +25,67 @@ from framework.data.lvlm.dataset import read_split
 from framework.data.lvlm.scenes import DETAIL_PROMPTS, vocabulary
 from framework.metrics.hallucination import POPE_MODES, chair, pope_metrics, words
 
+DECODINGS = ("greedy", "beam", "vcd")
+"""Decoding strategies of the evaluation (framework/decoding/loop.py)."""
+
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[list[int]], pixels: torch.Tensor, max_new_tokens: int, batch_size: int = 32
-) -> list[str]:
-    """Greedy continuations (decoded, special tokens dropped) of ``prompts`` [each a token id list] on ``pixels``."""
+    model, tokenizer, prompts: Sequence[list[int]], pixels: torch.Tensor, max_new_tokens: int, batch_size: int = 32,
+    decoding: str = "greedy", beams: int = 3,
+) -> list[str]:  # fmt: skip
+    """Continuations (decoded, special tokens dropped) of ``prompts`` [each a token id list] on ``pixels`` with
+    ``decoding``: greedy, beam (``beams`` hypotheses, one prompt at a time) or vcd (VCD's defaults)."""
+    from framework.decoding.loop import beam_search, greedy, vcd
+
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
     model.eval()
+    eos = tokenizer.eos_token_id
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         by_len[len(p)].append(i)
     out: list[str] = [""] * len(prompts)
     for idx in by_len.values():
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s : s + batch_size]
+        step = 1 if decoding == "beam" else batch_size
+        for s in range(0, len(idx), step):
+            chunk = idx[s : s + step]
             ids = torch.tensor([prompts[i] for i in chunk])
-            gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels[chunk],
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            for i, row in zip(chunk, gen[:, ids.shape[1] :], strict=True):
+            kw = dict(max_new_tokens=max_new_tokens, eos_id=eos)
+            if decoding == "beam":
+                gen = [beam_search(model, ids, pixels[chunk], k=beams, **kw)]
+            else:
+                gen = (greedy if decoding == "greedy" else vcd)(model, ids, pixels[chunk], **kw)
+            for i, row in zip(chunk, gen, strict=True):
                 out[i] = tokenizer.decode(row, skip_special_tokens=True)
     return out
 
 
 def evaluate_lvlm(
     model, tokenizer, scenes_dir: str | Path, *, image_size: int, image_tokens: int, limit: int | None = None,
-    max_new_tokens: int = 80, batch_size: int = 32,
+    max_new_tokens: int = 80, batch_size: int = 32, decoding: str = "greedy",
 ) -> dict[str, Any]:  # fmt: skip
     """CHAIR_S / CHAIR_I / recall and mean response length (words) on the eval split's detailed descriptions,
     POPE per mode (questions on the first ``limit`` images); per-caption records under ``captions``."""
     samples = read_split(scenes_dir, "eval", limit)
     pixels = torch.stack([preprocess(s["image"], image_size) for s in samples])
     prompt = prompt_ids(DETAIL_PROMPTS[0], tokenizer, image_tokens)
-    captions = generate(model, tokenizer, [prompt] * len(samples), pixels, max_new_tokens, batch_size)
+    t0 = time.perf_counter()
+    captions = generate(model, tokenizer, [prompt] * len(samples), pixels, max_new_tokens, batch_size, decoding)
+    seconds = time.perf_counter() - t0
     truth = {s["id"]: [o["name"] for o in s["annotation"]["objects"]] for s in samples}
     res = chair({s["id"]: c for s, c in zip(samples, captions, strict=True)}, truth, vocabulary())
     out: dict[str, Any] = {k: res[k] for k in ("chair_s", "chair_i", "recall", "captions", "mentions")}
     out["length"] = sum(len(words(c)) for c in captions) / max(len(captions), 1)
+    out["decoding"] = decoding
+    out["description_seconds"] = seconds
     row = {s["id"]: i for i, s in enumerate(samples)}
     out["pope"] = {}
     for mode in POPE_MODES:
         path = Path(scenes_dir) / "pope" / f"{mode}.jsonl"
         qs = [q for q in map(json.loads, path.read_text().splitlines()) if q["image"] in row]
         answers = generate(model, tokenizer, [prompt_ids(q["question"], tokenizer, image_tokens) for q in qs],
-                           pixels[[row[q["image"]] for q in qs]], 6, batch_size)  # fmt: skip
+                           pixels[[row[q["image"]] for q in qs]], 6, batch_size, decoding)  # fmt: skip
         out["pope"][mode] = pope_metrics(answers, [q["label"] for q in qs])
         out.setdefault("pope_answers", {})[mode] = [{**q, "answer": a} for q, a in zip(qs, answers, strict=True)]
     out["pope_f1"] = sum(m["f1"] for m in out["pope"].values()) / len(POPE_MODES)

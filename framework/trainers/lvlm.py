@@ -212,19 +212,21 @@ def apply_filter(cfg: LVLMJobConfig, data: SceneTrainSet, run_dir: Path, env, pa
 
 
 def evaluate_run(model: nn.Module, cfg: LVLMJobConfig, scenes: str | Path, out_dir: str | Path,
-                 limit: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """CHAIR / POPE / length of ``model`` on the scene world's eval split; writes eval.json and examples.png."""
+                 limit: int | None = None, decoding: str = "greedy") -> dict[str, Any]:  # fmt: skip
+    """CHAIR / POPE / length of ``model`` on the scene world's eval split with ``decoding``; writes eval.json and
+    examples.png (``eval_<decoding>.json`` / ``examples_<decoding>.png`` for a decoding other than greedy)."""
     from framework.data.lvlm.dataset import read_split
     from framework.evaluation.lvlm_eval import evaluate_lvlm, plot_examples
 
     tok = scene_tokenizer()
     limit = limit if limit is not None else cfg.data.eval_limit
     res = evaluate_lvlm(model, tok, scenes, image_size=cfg.model.image_size, image_tokens=cfg.model.image_tokens,
-                        limit=limit)  # fmt: skip
+                        limit=limit, decoding=decoding)  # fmt: skip
     out_dir = Path(out_dir)
-    write_json_atomic(out_dir / "eval.json", res)
+    suffix = "" if decoding == "greedy" else f"_{decoding}"
+    write_json_atomic(out_dir / f"eval{suffix}.json", res)
     images = {s["id"]: s["image"] for s in read_split(scenes, "eval", limit)}
-    plot_examples(res["examples"], images, out_dir / "examples.png")
+    plot_examples(res["examples"], images, out_dir / f"examples{suffix}.png")
     return res
 
 

@@ -45,3 +45,33 @@ def test_evaluate_lvlm_scores_what_it_generates(tmp_path: Path) -> None:
     assert [e["caption"] for e in single["examples"]] == [e["caption"] for e in out["examples"]]
     plot_examples(out["examples"], {s["id"]: s["image"] for s in samples}, tmp_path / "examples.png", n=4)
     assert (tmp_path / "examples.png").stat().st_size > 5000
+
+
+def test_evaluation_decodes_with_beam_and_vcd(tmp_path: Path) -> None:
+    from framework.decoding.loop import VCDConfig, beam_search, vcd
+    from framework.evaluation.lvlm_eval import generate
+
+    build_scene_world(tmp_path, 4, 4, seed=1, progress=False)
+    tok = scene_tokenizer()
+    cfg = LVLMConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
+                     text_layers=1, text_heads=2, text_intermediate=64, max_positions=160)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_lvlm(cfg, len(tok), image_token_id=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    from framework.data.clip.image_ops import preprocess
+    from framework.data.lvlm.chat import prompt_ids
+
+    pixels = torch.stack([preprocess(s["image"], 32) for s in read_split(tmp_path, "eval", 2)])
+    prompt = prompt_ids("Describe the image in detail.", tok, cfg.image_tokens)
+    ids = torch.tensor([prompt, prompt])
+    for decoding in ("beam", "vcd"):
+        got = generate(model, tok, [prompt, prompt], pixels, 10, decoding=decoding)
+        if decoding == "vcd":
+            want = vcd(model, ids, pixels, VCDConfig(), max_new_tokens=10, eos_id=2)
+        else:
+            want = [beam_search(model, ids[b : b + 1], pixels[b : b + 1], k=3, max_new_tokens=10, eos_id=2)
+                    for b in range(2)]  # fmt: skip
+        assert got == [tok.decode(w, skip_special_tokens=True) for w in want]
+        out = evaluate_lvlm(model, tok, tmp_path, image_size=32, image_tokens=cfg.image_tokens, limit=2,
+                            max_new_tokens=10, decoding=decoding)  # fmt: skip
+        assert out["decoding"] == decoding and out["captions"] == 2 and set(out["pope"]) == {
+            "random", "popular", "adversarial"}  # fmt: skip
