@@ -8,7 +8,7 @@ scalefirst make-shards --images D --captions F --out D   image folder + captions
 scalefirst demo-clip [--nproc 2] [--steps N]     CLIP vs RankCLIP on offline images, prints the eval table
 scalefirst eval clip --run-dir R [--pairs SHARDS] [--zeroshot DIR] [--probe DIR]   evaluate a finished clip run
 scalefirst make-scenes --out D [--train N --eval N]   the annotated scene world for LVLMs (shards, POPE sets)
-scalefirst eval lvlm --run-dir R --scenes D [--limit N] [--decoding greedy|beam|vcd]   CHAIR / POPE / length
+scalefirst eval lvlm --run-dir R --scenes D [--limit N] [--decoding greedy|beam|vcd|halc]   CHAIR / POPE
 scalefirst demo-lvlm [--nproc 2] [--seeds 3]     LVLM: MLE vs visual-dependence re-weighting, CHAIR/POPE table
 scalefirst gen-logs --days 60 --out DIR [--num-users N ...]   synthetic day-partitioned production logs (Parquet)
 scalefirst daily --config configs/daily/ucr.yaml [--date D] [--catch-up] [--nproc 2]   recurring daily training
@@ -240,7 +240,19 @@ def cmd_eval_lvlm(args: argparse.Namespace) -> int:
     from framework.trainers.lvlm import evaluate_run, load_final_model
 
     model, cfg = load_final_model(args.run_dir)
-    res = evaluate_run(model, cfg, args.scenes, args.out or args.run_dir, limit=args.limit, decoding=args.decoding)
+    matcher = None
+    if args.matcher_run:
+        from framework.decoding.halc import clip_matcher
+        from framework.trainers.clip import load_trained_clip
+
+        clip, clip_tok, clip_cfg = load_trained_clip(args.matcher_run)
+
+        def matcher(samples):
+            images = {s["id"]: s["image"] for s in samples}
+            return clip_matcher(clip, clip_tok, images, clip_cfg.model.image_size)
+
+    res = evaluate_run(model, cfg, args.scenes, args.out or args.run_dir, limit=args.limit, decoding=args.decoding,
+                       matcher=matcher)  # fmt: skip
     print(lvlm_table([lvlm_row(f"{Path(args.run_dir).name} ({args.decoding})", res)]))
     suffix = "" if args.decoding == "greedy" else f"_{args.decoding}"
     print(f"wrote {Path(args.out or args.run_dir) / f'eval{suffix}.json'} and examples{suffix}.png")
@@ -501,12 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--scenes", required=True, help="scene-world directory (scalefirst make-scenes)")
     q.add_argument("--limit", type=int, help="first N held-out scenes (default: the run's data.eval_limit)")
     q.add_argument("--out", help="output folder for eval.json and examples.png (default: <run-dir>)")
-    q.add_argument(
-        "--decoding",
-        choices=["greedy", "beam", "vcd"],
-        default="greedy",
-        help="decoding strategy (framework/decoding): greedy, beam search (3 beams), VCD (alpha 1, beta 0.1)",
-    )
+    q.add_argument("--decoding", choices=["greedy", "beam", "vcd", "halc"], default="greedy",
+                   help="decoding strategy (framework/decoding): greedy, beam search (3 beams), VCD (alpha 1, "
+                        "beta 0.1), HALC (thesis defaults; the scene world's annotated boxes as its detector)")  # fmt: skip
+    q.add_argument("--matcher-run", help="HALC: run_dir of a finished clip run whose CLIP scores the beams "
+                                         "(default: beams kept by log-probability)")  # fmt: skip
     q.set_defaults(fn=cmd_eval_lvlm)
 
     p = sub.add_parser("demo-lvlm", help="LVLM: MLE vs visual-dependence re-weighting on the scene world (CPU)")

@@ -75,3 +75,28 @@ def test_evaluation_decodes_with_beam_and_vcd(tmp_path: Path) -> None:
                             max_new_tokens=10, decoding=decoding)  # fmt: skip
         assert out["decoding"] == decoding and out["captions"] == 2 and set(out["pope"]) == {
             "random", "popular", "adversarial"}  # fmt: skip
+
+
+def test_evaluation_decodes_with_halc_grounded_on_the_annotated_boxes(tmp_path: Path) -> None:
+    from framework.decoding.halc import HALCConfig
+
+    build_scene_world(tmp_path, 4, 3, seed=1, progress=False)
+    tok = scene_tokenizer()
+    cfg = LVLMConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
+                     text_layers=1, text_heads=2, text_intermediate=64, max_positions=160)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_lvlm(cfg, len(tok), image_token_id=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    seen: list[str] = []
+
+    def factory(samples):
+        def match(ref, texts):
+            seen.append(ref)
+            return -torch.tensor([float(len(t)) for t in texts])  # prefers short texts
+
+        return match
+
+    out = evaluate_lvlm(model, tok, tmp_path, image_size=32, image_tokens=cfg.image_tokens, limit=3,
+                        max_new_tokens=8, decoding="halc", matcher=factory, halc_cfg=HALCConfig(alpha=1.0))  # fmt: skip
+    assert out["decoding"] == "halc" and out["captions"] == 3
+    assert out["halc_stats"]["steps"] > 0 and set(seen) <= {s["id"] for s in read_split(tmp_path, "eval", 3)}
+    assert set(out["pope"]) == {"random", "popular", "adversarial"}
