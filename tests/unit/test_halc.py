@@ -110,3 +110,44 @@ def test_clip_matcher_is_the_cosine_of_the_embeddings() -> None:
         want = clip.encode_text(b.tokens_BL, b.eot_index_B) @ clip.encode_image(preprocess(image, 32)[None])[0]
     torch.testing.assert_close(got, want)
     assert got.shape == (3,) and bool((got.abs() <= 1 + 1e-5).all())
+
+
+def test_zero_shot_detector_adapter_plumbing_with_a_tiny_random_owlv2() -> None:
+    from PIL import Image
+    from transformers import Owlv2Config, Owlv2ForObjectDetection
+
+    from framework.decoding.detectors import ZeroShotDetector
+
+    try:
+        from transformers import Owlv2ImageProcessorPil as Processor
+    except ImportError:  # older transformers: the PIL processor is the default one
+        from transformers import Owlv2ImageProcessor as Processor
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = Owlv2Config(text_config={**tiny, "vocab_size": 100, "max_position_embeddings": 16, "bos_token_id": 1,
+                                   "eos_token_id": 2},
+                      vision_config={**tiny, "image_size": 64, "patch_size": 16}, projection_dim=32)  # fmt: skip
+    torch.manual_seed(0)
+    model = Owlv2ForObjectDetection(cfg)
+    queries: list[list[str]] = []
+
+    def tokenize(texts):
+        queries.append(texts)
+        ids = torch.tensor([[1, *[3 + len(w) % 90 for w in t.split()], 2] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    image = Image.new("RGB", (80, 60), (200, 10, 10))
+    detect = ZeroShotDetector(model, Processor(size={"height": 64, "width": 64}), tokenize, threshold=0.0,
+                              images={"s": image})  # fmt: skip
+    box = detect("s", "star")
+    assert queries == [["a photo of a star"]]
+    # the same computation by hand: best box on the padded 80 x 80 square, clipped to the 80 x 60 image
+    proc = Processor(size={"height": 64, "width": 64})
+    with torch.no_grad():
+        out = model(**tokenize(["a photo of a star"]), pixel_values=proc(images=image, return_tensors="pt")[
+            "pixel_values"])  # fmt: skip
+    res = proc.post_process_object_detection(out, threshold=0.0, target_sizes=torch.tensor([[80, 80]]))[0]
+    x0, y0, x1, y1 = res["boxes"][int(res["scores"].argmax())].tolist()
+    want = [max(0.0, x0), max(0.0, y0), min(80.0, x1), min(60.0, y1)]
+    assert box == (want if want[2] > want[0] and want[3] > want[1] else None)
+    assert ZeroShotDetector(model, Processor(size={"height": 64, "width": 64}), tokenize, threshold=1.1)(
+        image, "star") is None  # fmt: skip
