@@ -213,13 +213,20 @@ def test_pretrain_stage_trains_only_the_named_parts_in_bf16(scenes: Path, tmp_pa
     assert changed and all("multi_modal_projector" in k for k in changed)
 
 
-def test_demo_writes_the_results_interface(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("demo")
     model = [o for o in TINY if o.startswith(("model.", "data."))]
     proc = subprocess.run([sys.executable, "-m", "launch.cli", "demo-lvlm", "--seeds", "1", "--pretrain-steps", "2",
-                           "--steps", "2", "--train", "32", "--eval", "4", "--run-dir", str(tmp_path), *model,
+                           "--steps", "2", "--train", "32", "--eval", "4", "--run-dir", str(root), *model,
                            "train.progress=false"], cwd=REPO, capture_output=True, text=True, timeout=400,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     ok(proc)
+    return root, proc
+
+
+def test_demo_writes_the_results_interface(tiny_demo) -> None:
+    tmp_path, proc = tiny_demo
     result = json.loads((tmp_path / "lvlm_demo.json").read_text())
     assert set(result["summary"]) == {"mle", "reweighted"}
     for kind in ("mle", "reweighted"):
@@ -227,3 +234,20 @@ def test_demo_writes_the_results_interface(tmp_path: Path) -> None:
         run = json.loads((tmp_path / kind / "seed0" / "metrics.json").read_text())
         assert result["summary"][kind]["chair_s"] == run["eval"]["chair_s"]  # the mean of one seed
     assert result["reweight_step_time_ratio"] > 0 and "reweighted (mean of 1 seeds)" in proc.stdout
+
+
+def test_halc_benchmark_smoke(tiny_demo, tmp_path: Path) -> None:
+    demo, _ = tiny_demo
+    out = tmp_path / "halc.json"
+    args = ["--demo-dir", str(demo), "--seeds", "1", "--limit", "2", "--clip-steps", "2", "--clip-batch", "8",
+            "--nproc", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run([sys.executable, "benchmarks/halc_scenes.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    ok(proc)
+    result = json.loads(out.read_text())
+    assert set(result["summary"]) == {"greedy", "beam", "vcd", "halc"}
+    for row in result["summary"].values():
+        assert set(row) == {"chair_s", "chair_i", "recall", "pope_f1", "time_ratio_vs_greedy"}
+    assert result["summary"]["greedy"]["time_ratio_vs_greedy"] == 1.0 and set(result["reweighted_summary"]) == {
+        "greedy", "halc"}  # fmt: skip
+    assert result["halc_sequential_fovs"]["same_outputs_as_batched"] is True
