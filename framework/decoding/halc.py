@@ -28,6 +28,7 @@ from torch import nn
 
 from framework.decoding.contrast import focal_candidates
 from framework.decoding.fov import crop_resize, fov_boxes, random_box
+from framework.decoding.loop import advance_beams
 
 Kind = Literal["object", "attribute", "relation"]
 Detector = Callable[[Any, str], "list[float] | None"]
@@ -168,14 +169,7 @@ def halc(
                 alive.append((b, t, float(totals[i])))
         if len(finished) >= cfg.beams or not alive:
             break
-        parents = torch.tensor([b for b, _, _ in alive])
-        seqs = [seqs[b] + [t] for b, t, _ in alive]
-        logp_sum = torch.tensor([s for _, _, s in alive], dtype=torch.float64)
-        ids = torch.cat([ids[parents], torch.tensor([[t] for _, t, _ in alive])], 1)
-        mask = torch.ones_like(ids)
-        past = out.past_key_values
-        past.reorder_cache(parents)
-        out = model(input_ids=ids[:, -1:], attention_mask=mask, past_key_values=past, use_cache=True)
+        seqs, logp_sum, ids, out = advance_beams(model, seqs, ids, out, alive, pixels_1)
     else:
         finished += [(s, float("-inf")) for s in seqs]
     if not finished:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,6 +112,24 @@ def select_beams(
     return alive, finished
 
 
+def advance_beams(
+    model: nn.Module, seqs: list[list[int]], ids: torch.Tensor, out, alive: list[tuple[int, int, float]],
+    pixels_1: torch.Tensor, use_cache: bool = True,
+) -> tuple[list[list[int]], torch.Tensor, torch.Tensor, Any]:  # fmt: skip
+    """The beams ``alive`` ((parent, token, score) each) continue: their sequences, scores and ids, and the forward
+    of their new tokens (the parents' cache rows reordered; without the cache, the whole sequences again)."""
+    parents = torch.tensor([b for b, _, _ in alive])
+    seqs = [seqs[b] + [tok] for b, tok, _ in alive]
+    scores = torch.tensor([s for _, _, s in alive], dtype=torch.float64)
+    ids = torch.cat([ids[parents], torch.tensor([[tok] for _, tok, _ in alive])], 1)
+    past = None
+    if use_cache:
+        past = out.past_key_values
+        past.reorder_cache(parents)
+    pixels = pixels_1.expand(len(alive), *pixels_1.shape[1:])
+    return seqs, scores, ids, _forward(model, ids, torch.ones_like(ids), pixels, past, use_cache)
+
+
 @torch.no_grad()
 def beam_search(
     model: nn.Module, prompt_1L: torch.Tensor, pixels_1: torch.Tensor, *, k: int = 3, max_new_tokens: int,
@@ -130,16 +149,7 @@ def beam_search(
         finished += [(seqs[b], s) for b, s in ended]
         if len(finished) >= k or not alive:
             break
-        parents = torch.tensor([b for b, _, _ in alive])
-        seqs = [seqs[b] + [tok] for b, tok, _ in alive]
-        scores = torch.tensor([s for _, _, s in alive], dtype=torch.float64)
-        ids = torch.cat([ids[parents], torch.tensor([[tok] for _, tok, _ in alive])], 1)
-        mask = torch.ones_like(ids)
-        past = None
-        if use_cache:
-            past = out.past_key_values
-            past.reorder_cache(parents)
-        out = _forward(model, ids, mask, pixels_1.expand(len(alive), *pixels_1.shape[1:]), past, use_cache)
+        seqs, scores, ids, out = advance_beams(model, seqs, ids, out, alive, pixels_1, use_cache)
     else:
         finished += list(zip(seqs, scores.tolist(), strict=True))
     if not finished:

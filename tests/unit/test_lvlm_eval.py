@@ -16,13 +16,18 @@ from framework.metrics.hallucination import chair, pope_metrics
 from framework.models.lvlm.model import LVLMConfig, build_lvlm
 
 
-def test_evaluate_lvlm_scores_what_it_generates(tmp_path: Path) -> None:
-    build_scene_world(tmp_path, 20, 12, seed=1, progress=False)
-    tok = scene_tokenizer()
+def tiny_model(tok) -> tuple[LVLMConfig, torch.nn.Module]:
+    """A tiny random LLaVA over the scene tokenizer (seed 0)."""
     cfg = LVLMConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
                      text_layers=1, text_heads=2, text_intermediate=64, max_positions=160)  # fmt: skip
     torch.manual_seed(0)
-    model = build_lvlm(cfg, len(tok), image_token_id=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return cfg, build_lvlm(cfg, len(tok), image_token_id=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def test_evaluate_lvlm_scores_what_it_generates(tmp_path: Path) -> None:
+    build_scene_world(tmp_path, 20, 12, seed=1, progress=False)
+    tok = scene_tokenizer()
+    cfg, model = tiny_model(tok)
     out = evaluate_lvlm(model, tok, tmp_path, image_size=32, image_tokens=cfg.image_tokens, limit=8,
                         max_new_tokens=12, batch_size=3)  # fmt: skip
     assert out["captions"] == 8 and len(out["examples"]) == 8
@@ -53,10 +58,7 @@ def test_evaluation_decodes_with_beam_and_vcd(tmp_path: Path) -> None:
 
     build_scene_world(tmp_path, 4, 4, seed=1, progress=False)
     tok = scene_tokenizer()
-    cfg = LVLMConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
-                     text_layers=1, text_heads=2, text_intermediate=64, max_positions=160)  # fmt: skip
-    torch.manual_seed(0)
-    model = build_lvlm(cfg, len(tok), image_token_id=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg, model = tiny_model(tok)
     from framework.data.clip.image_ops import preprocess
     from framework.data.lvlm.chat import prompt_ids
 
@@ -82,10 +84,7 @@ def test_evaluation_decodes_with_halc_grounded_on_the_annotated_boxes(tmp_path: 
 
     build_scene_world(tmp_path, 4, 3, seed=1, progress=False)
     tok = scene_tokenizer()
-    cfg = LVLMConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2, text_width=32,
-                     text_layers=1, text_heads=2, text_intermediate=64, max_positions=160)  # fmt: skip
-    torch.manual_seed(0)
-    model = build_lvlm(cfg, len(tok), image_token_id=4, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg, model = tiny_model(tok)
     seen: list[str] = []
 
     def factory(samples):
