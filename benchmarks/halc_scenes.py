@@ -5,13 +5,17 @@
     .venv/bin/python benchmarks/halc_scenes.py --demo-dir D --limit 4 --seeds 1 --clip-steps 2 --out /tmp/h.json  # smoke
 
 1. HALC's matcher: a CLIP (configs/clip/demo.yaml, InfoNCE, text context 160 bytes so that whole descriptions
-   fit) trained on the scene world's training shards (images + detailed captions) on 2 ranks.
+   fit) trained on the scene world's training shards (images + detailed captions) on 2 ranks (or ``--matcher-run``,
+   one trained before).
 2. Every seed's MLE model (``demo-dir/mle/seed<k>``) decodes the first ``--limit`` held-out scenes and their POPE
    questions with greedy, beam (3 beams), VCD (alpha 1, beta 0.1) and HALC (thesis defaults, 1 beam, FOV passes
-   batched, the scene world's annotated boxes as the detector, the CLIP above as the matcher); every seed's
-   re-weighted model with greedy and HALC.
-3. Cost: the descriptions' decoding time and tokens/s per strategy, the ratio to greedy on the same model, and HALC
-   with the FOV passes sequential instead of batched (seed 0). One process, this CPU's threads.
+   batched, the detector queried with the phrase a word ends on the scene world's annotations, the CLIP above as
+   the matcher); every seed's re-weighted model with greedy and HALC. Ablations on seed 0: HALC with the detector
+   queried with the word alone (``halc_word``), and with the FOV passes sequential (``halc_sequential``).
+3. Cost, one prompt at a time for every strategy (the thesis' setting: beam search and HALC decode one prompt at a
+   time, so greedy and VCD do too; greedy batched 32 prompts per forward is reported beside): wall time of the
+   descriptions and of POPE, tokens/s, the ratio to greedy on the same model, and HALC's parts (base forwards, FOV
+   forwards, detector, matcher) against the thesis' cost model (eq. 6.5). One process, this CPU's threads.
 
 Writes benchmarks/results/halc_scenes.json (``summary``: per strategy the means over the MLE seeds).
 """
@@ -39,6 +43,10 @@ from launch.cli import CLIP_DEMO_CONFIG, run_torchrun  # noqa: E402
 KEYS = ("chair_s", "chair_i", "recall", "pope_f1", "length")
 MLE_DECODINGS = ("greedy", "beam", "vcd", "halc")
 REWEIGHTED_DECODINGS = ("greedy", "halc")
+SUMMARY_KEYS = ("chair_s", "chair_i", "recall", "pope_f1", "time_ratio_vs_greedy")
+"""The results interface: ``summary[decoding]``'s keys (``summary_detail`` has length, POPE time and tokens/s too)."""
+ABLATIONS = {"halc_word": ("halc", HALCConfig(ground="word")), "halc_sequential": ("halc", HALCConfig(batched=False))}
+"""Seed 0's extra HALC runs: name -> (decoding, config)."""
 
 
 def train_matcher(demo: Path, steps: int, nproc: int, batch: int) -> Path:
@@ -53,24 +61,50 @@ def train_matcher(demo: Path, steps: int, nproc: int, batch: int) -> Path:
     return run
 
 
-def decode_all(run: Path, scenes: Path, decodings: tuple[str, ...], limit: int, matcher, halc_cfg) -> dict[str, Any]:
+def decode_all(run: Path, scenes: Path, decodings: dict[str, tuple[str, HALCConfig]], limit: int,
+               matcher) -> dict[str, Any]:  # fmt: skip
+    """Every named (decoding, HALC config) on ``run``'s merged model, one prompt at a time, and greedy batched."""
     model, cfg = load_final_model(run)
     tok = scene_tokenizer()
-    kw = dict(image_size=cfg.model.image_size, image_tokens=cfg.model.image_tokens)
-    evaluate_lvlm(model, tok, scenes, limit=2, **kw)  # warm-up: the first forwards are slower, greedy runs first
+    kw = dict(image_size=cfg.model.image_size, image_tokens=cfg.model.image_tokens, limit=limit)
+    evaluate_lvlm(model, tok, scenes, **{**kw, "limit": 2})  # warm-up: the first forwards are slower
     out: dict[str, Any] = {}
-    for decoding in decodings:
-        res = evaluate_lvlm(model, tok, scenes, limit=limit, decoding=decoding, matcher=matcher, halc_cfg=halc_cfg,
-                            **kw)  # fmt: skip
+    for name, (decoding, halc_cfg) in {**decodings, "greedy_batched": ("greedy", HALCConfig())}.items():
+        res = evaluate_lvlm(model, tok, scenes, decoding=decoding, matcher=matcher, halc_cfg=halc_cfg,
+                            batch_size=32 if name == "greedy_batched" else 1, **kw)  # fmt: skip
         tokens = sum(len(tok(e["caption"], add_special_tokens=False)["input_ids"]) + 1 for e in res["examples"])
-        out[decoding] = {**{k: res[k] for k in KEYS}, "pope": res["pope"], "seconds": res["description_seconds"],
-                         "tokens_per_s": tokens / res["description_seconds"], "halc_stats": res.get("halc_stats"),
-                         "examples": res["examples"][:5]}  # fmt: skip
-        print(f"{run.parent.name}/{run.name} {decoding:>6}: " + " ".join(f"{k} {res[k]:.3f}" for k in KEYS)
-              + f" | {res['description_seconds']:.1f} s", flush=True)  # fmt: skip
+        out[name] = {**{k: res[k] for k in KEYS}, "pope": res["pope"], "seconds": res["description_seconds"],
+                     "pope_seconds": res["pope_seconds"], "tokens": tokens,
+                     "tokens_per_s": tokens / res["description_seconds"], "halc_stats": res.get("halc_stats"),
+                     "captions": [e["caption"] for e in res["examples"]], "examples": res["examples"][:5]}  # fmt: skip
+        print(f"{run.parent.name}/{run.name} {name:>15}: " + " ".join(f"{k} {res[k]:.3f}" for k in KEYS)
+              + f" | {res['description_seconds']:.1f} s + POPE {res['pope_seconds']:.1f} s", flush=True)  # fmt: skip
     for d in out.values():
         d["time_ratio_vs_greedy"] = d["seconds"] / out["greedy"]["seconds"]
+        d["pope_time_ratio_vs_greedy"] = d["pope_seconds"] / out["greedy"]["pope_seconds"]
+        d["time_ratio_vs_greedy_batched"] = d["seconds"] / out["greedy_batched"]["seconds"]
     return out
+
+
+def cost_model(halc: dict[str, Any], greedy: dict[str, Any], fovs: int, batched: bool) -> dict[str, float]:
+    """HALC's measured description cost against the thesis' eq. 6.5, per generated token. T = greedy's time per
+    token (one prompt at a time), g = the grounded fraction of HALC's steps, T_fov = the FOV forwards' time per
+    grounded step. The thesis assumes a FOV pass costs a cached decoding step (T_fov = T, or n T sequential) and
+    negligible detector and matcher: 1 + g (batched) or 1 + g n (sequential)."""
+    st = halc["halc_stats"]
+    T = greedy["seconds"] / greedy["tokens"]
+    g = st["grounded"] / st["steps"]
+    t_fov = st["fov_seconds"] / max(st["grounded"], 1)
+    parts = {k: st[f"{k}_seconds"] for k in ("base", "fov", "detector", "matcher")}
+    return {
+        "greedy_ms_per_token": 1e3 * T, "grounded_fraction": g, "fov_ms_per_grounded_step": 1e3 * t_fov,
+        "fov_pass_over_greedy_token": t_fov / T, "matcher_calls_per_step": st["matcher_calls"] / st["steps"],
+        "thesis_model_ratio": 1 + g * (1 if batched else fovs),
+        "model_ratio_with_measured_parts": 1 + (g * t_fov + (parts["detector"] + parts["matcher"]) / st["steps"]) / T,
+        "measured_ratio_per_token": halc["seconds"] / st["steps"] / T,
+        "share_of_halc_time": {**{k: v / halc["seconds"] for k, v in parts.items()},
+                               "other": 1 - sum(parts.values()) / halc["seconds"]},
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--limit", type=int, default=60, help="held-out scenes decoded (and their POPE questions)")
     parser.add_argument("--clip-steps", type=int, default=300)
+    parser.add_argument("--matcher-run", help="a trained scalefirst CLIP run to match with (default: train one in "
+                        "<demo-dir>/clip_matcher)")  # fmt: skip
     parser.add_argument("--nproc", type=int, default=2, help="ranks of the CLIP matcher's training")
     parser.add_argument("--clip-batch", type=int, default=64, help="per-rank batch of the CLIP matcher's training")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "halc_scenes.json"))
@@ -91,41 +127,53 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if missing:
         parser.error(f"{missing[0]} not found: run `scalefirst demo-lvlm --run-dir {demo}` first")
-    clip, clip_tok, clip_cfg = load_trained_clip(train_matcher(demo, args.clip_steps, args.nproc, args.clip_batch))
+    matcher_run = Path(args.matcher_run) if args.matcher_run else train_matcher(demo, args.clip_steps, args.nproc,
+                                                                                 args.clip_batch)  # fmt: skip
+    clip, clip_tok, clip_cfg = load_trained_clip(matcher_run)
 
     def matcher(samples):
         return clip_matcher(clip, clip_tok, {s["id"]: s["image"] for s in samples}, clip_cfg.model.image_size)
 
+    def named(decodings: tuple[str, ...]) -> dict[str, tuple[str, HALCConfig]]:
+        return {d: (d, HALCConfig()) for d in decodings}
+
     runs: dict[str, dict[str, Any]] = {}
     for seed in range(args.seeds):
-        runs[f"mle/seed{seed}"] = decode_all(demo / "mle" / f"seed{seed}", scenes, MLE_DECODINGS, args.limit, matcher,
-                                             HALCConfig())  # fmt: skip
+        runs[f"mle/seed{seed}"] = decode_all(demo / "mle" / f"seed{seed}", scenes,
+                                             named(MLE_DECODINGS) | (ABLATIONS if seed == 0 else {}), args.limit,
+                                             matcher)  # fmt: skip
         rw = demo / "reweighted" / f"seed{seed}"
         if (rw / "final" / "model.pt").is_file():
-            runs[f"reweighted/seed{seed}"] = decode_all(rw, scenes, REWEIGHTED_DECODINGS, args.limit, matcher,
-                                                        HALCConfig())  # fmt: skip
-    sequential = decode_all(demo / "mle" / "seed0", scenes, ("greedy", "halc"), args.limit, matcher,
-                            HALCConfig(batched=False))  # fmt: skip
+            runs[f"reweighted/seed{seed}"] = decode_all(rw, scenes, named(REWEIGHTED_DECODINGS), args.limit, matcher)
 
-    def mean(prefix: str, decoding: str, key: str) -> float:
-        return statistics.fmean(r[decoding][key] for name, r in runs.items() if name.startswith(prefix))
+    cols = (*KEYS, "time_ratio_vs_greedy", "pope_time_ratio_vs_greedy", "time_ratio_vs_greedy_batched",
+            "tokens_per_s")  # fmt: skip
 
-    summary = {d: {k: mean("mle/", d, k) for k in (*KEYS[:4], "time_ratio_vs_greedy")} for d in MLE_DECODINGS}
-    reweighted = {d: {k: mean("reweighted/", d, k) for k in (*KEYS[:4], "time_ratio_vs_greedy")}
-                  for d in REWEIGHTED_DECODINGS if any(n.startswith("reweighted/") for n in runs)}  # fmt: skip
+    def mean(prefix: str, decoding: str) -> dict[str, float]:
+        rows = [r[decoding] for name, r in runs.items() if name.startswith(prefix)]
+        return {k: statistics.fmean(row[k] for row in rows) for k in cols}
+
+    detail = {d: mean("mle/", d) for d in (*MLE_DECODINGS, "greedy_batched")}
+    summary = {d: {k: detail[d][k] for k in SUMMARY_KEYS} for d in MLE_DECODINGS}
+    reweighted = {
+        d: mean("reweighted/", d) for d in REWEIGHTED_DECODINGS if any(n.startswith("reweighted/") for n in runs)
+    }
+    seed0 = runs["mle/seed0"]
+    ablations = {name: {**{k: seed0[name][k] for k in cols},
+                        "same_captions_as_halc": seed0[name]["captions"] == seed0["halc"]["captions"]}
+                 for name in ABLATIONS}  # fmt: skip
+    costs = {name: cost_model(seed0[name], seed0["greedy"], HALCConfig().fovs, batched=name == "halc")
+             for name in ("halc", "halc_sequential")}  # fmt: skip
     result = {
         **result_header("halc_scenes"), "demo_dir": str(demo), "seeds": args.seeds, "limit": args.limit,
-        "clip_steps": args.clip_steps, "halc": asdict(HALCConfig()),
-        "summary": summary, "reweighted_summary": reweighted,
-        "halc_sequential_fovs": {"time_ratio_vs_greedy": sequential["halc"]["time_ratio_vs_greedy"],
-                                 "tokens_per_s": sequential["halc"]["tokens_per_s"],
-                                 "same_outputs_as_batched": sequential["halc"]["examples"]
-                                 == runs["mle/seed0"]["halc"]["examples"]},
-        "runs": runs,
+        "matcher_run": str(matcher_run), "clip_steps": None if args.matcher_run else args.clip_steps,
+        "halc": asdict(HALCConfig()), "batching": "one prompt at a time, except greedy_batched (32 per forward)",
+        "summary": summary, "summary_detail": detail, "reweighted_summary": reweighted,
+        "ablations_seed0": ablations, "cost_model_seed0": costs, "runs": runs,
     }  # fmt: skip
     write_result(args.out, result)
-    for d, row in summary.items():
-        print(f"{d:>6}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    for d, row in {**detail, **ablations}.items():
+        print(f"{d:>15}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items()))
     return 0
 
 

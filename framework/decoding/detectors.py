@@ -1,7 +1,8 @@
 """Detectors for HALC's grounding: a transformers zero-shot detector adapter (OWLv2 / OWL-ViT: model + image
 processor + text tokenizer, e.g. from local weights with :meth:`ZeroShotDetector.from_pretrained`) beside the scene
-world's oracle (:func:`framework.decoding.halc.scene_detector`). A detector is ``(image reference, word) -> box |
-None`` with the box [x0, y0, x1, y1] in the original image's pixels."""
+world's oracle (:func:`framework.decoding.halc.scene_detector`). A detector is ``(image reference, query) -> box |
+None`` with the box [x0, y0, x1, y1] in the original image's pixels; the query is a word or the phrase it ends
+(:func:`framework.decoding.halc.grounding_query`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 
 class ZeroShotDetector:
-    """The highest-scoring box of a text-queried zero-shot detector (``"a photo of a {word}"``), clipped to the
+    """The highest-scoring box of a text-queried zero-shot detector (``"a photo of a {query}"``), clipped to the
     image; None below ``threshold`` or for a box without area.
 
     Args:
@@ -41,11 +42,11 @@ class ZeroShotDetector:
                    lambda texts: processor.tokenizer(texts, padding=True, return_tensors="pt"), **kw)  # fmt: skip
 
     @torch.no_grad()
-    def __call__(self, ref: Any, word: str) -> list[float] | None:
+    def __call__(self, ref: Any, query: str) -> list[float] | None:
         image = self.images[ref] if self.images is not None else ref
         width, height = image.size
         pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
-        text = dict(self.tokenize([self.prompt.format(word)]))
+        text = dict(self.tokenize([self.prompt.format(query)]))
         out = self.model(**text, pixel_values=pixels)
         side = max(width, height)
         res = self.image_processor.post_process_object_detection(out, threshold=self.threshold,

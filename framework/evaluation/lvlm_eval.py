@@ -2,7 +2,7 @@
 descriptions, POPE on the three question sets, response length; and a figure of examples with the hallucinated
 object words marked.
 
-Greedy decoding by default (the seed's protocol); beam search and VCD through ``decoding`` (framework/decoding).
+Greedy decoding by default (the seed's protocol); beam search, VCD and HALC through ``decoding`` (framework/decoding).
 Prompts of one kind have one token length (every object name is one word), so they are batched without padding;
 mixed lengths are grouped by length.
 """
@@ -105,7 +105,10 @@ def evaluate_lvlm(
     halc_cfg: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """CHAIR_S / CHAIR_I / recall and mean response length (words) on the eval split's detailed descriptions,
-    POPE per mode (questions on the first ``limit`` images); per-caption records under ``captions``.
+    POPE per mode (questions on the first ``limit`` images); per-caption records under ``captions``; the wall time
+    of the descriptions' and of POPE's decoding (``description_seconds``, ``pope_seconds``); with HALC, its counts
+    and timings (framework.decoding.halc.STAT_KEYS) of the descriptions and of POPE (``halc_stats``,
+    ``halc_pope_stats``).
 
     ``decoding="halc"`` grounds words with the scene world's detector (the annotated boxes) and keeps beams by
     ``matcher(samples)`` (a factory given the evaluated samples, returning a HALC matcher, e.g.
@@ -133,19 +136,22 @@ def evaluate_lvlm(
     out["description_seconds"] = seconds
     row = {s["id"]: i for i, s in enumerate(samples)}
     out["pope"] = {}
+    pope_stats: dict[str, float] = {}
+    t0 = time.perf_counter()
     for mode in POPE_MODES:
         path = Path(scenes_dir) / "pope" / f"{mode}.jsonl"
         qs = [q for q in map(json.loads, path.read_text().splitlines()) if q["image"] in row]
         pope_halc = None if halc is None else HALCContext(
             refs=[q["image"] for q in qs], detector=halc.detector, matcher=halc.matcher,
-            image_width=halc.image_width, cfg=halc.cfg, stats=halc.stats)  # fmt: skip
+            image_width=halc.image_width, cfg=halc.cfg, stats=pope_stats)  # fmt: skip
         answers = generate(model, tokenizer, [prompt_ids(q["question"], tokenizer, image_tokens) for q in qs],
                            pixels[[row[q["image"]] for q in qs]], 6, batch_size, decoding, halc=pope_halc)  # fmt: skip
         out["pope"][mode] = pope_metrics(answers, [q["label"] for q in qs])
         out.setdefault("pope_answers", {})[mode] = [{**q, "answer": a} for q, a in zip(qs, answers, strict=True)]
+    out["pope_seconds"] = time.perf_counter() - t0
     out["pope_f1"] = sum(m["f1"] for m in out["pope"].values()) / len(POPE_MODES)
     if halc is not None:
-        out["halc_stats"] = halc.stats
+        out["halc_stats"], out["halc_pope_stats"] = halc.stats, pope_stats
     out["examples"] = [{"id": c["id"], "caption": cap, "truth": truth[c["id"]], "hallucinated": c["hallucinated"]}
                        for c, cap in zip(res["per_caption"], captions, strict=True)]  # fmt: skip
     return out

@@ -250,4 +250,8 @@ def test_halc_benchmark_smoke(tiny_demo, tmp_path: Path) -> None:
         assert set(row) == {"chair_s", "chair_i", "recall", "pope_f1", "time_ratio_vs_greedy"}
     assert result["summary"]["greedy"]["time_ratio_vs_greedy"] == 1.0 and set(result["reweighted_summary"]) == {
         "greedy", "halc"}  # fmt: skip
-    assert result["halc_sequential_fovs"]["same_outputs_as_batched"] is True
+    seed0 = result["runs"]["mle/seed0"]
+    assert seed0["greedy_batched"]["captions"] == seed0["greedy"]["captions"]  # batching changes the time only
+    assert result["ablations_seed0"]["halc_sequential"]["same_captions_as_halc"] is True
+    cost = result["cost_model_seed0"]["halc"]
+    assert 0 < cost["grounded_fraction"] <= 1 and abs(sum(cost["share_of_halc_time"].values()) - 1) < 1e-9

@@ -44,8 +44,6 @@ def test_word_kinds_of_the_scene_world() -> None:
     assert (kinds("star"), kinds("moon"), kinds("red"), kinds("small"), kinds("two"), kinds("corner")) == (
         "object", "object", "attribute", "attribute", "attribute", "relation")  # fmt: skip
     assert kinds("the") is None and kinds("image") is None
-    detect = scene_detector({"s1": [{"name": "star", "box": [1, 2, 9, 12]}]})
-    assert detect("s1", "star") == [1, 2, 9, 12] and detect("s1", "ring") is None and detect("s2", "star") is None
 
 
 def test_one_full_image_fov_without_contrast_is_greedy(tiny) -> None:
@@ -81,13 +79,76 @@ def test_the_matching_beam_keeps_the_best_scoring_expansion(tiny) -> None:
         calls.append(texts)
         return pseudo_random(ref, texts)
 
+    model, tok, prompt, pixels = tiny
+    stats: dict[str, float] = {}
+    text = tok.decode(run(tiny, HALCConfig(beams=1, alpha=1.0), matcher=matcher, stats=stats),
+                      skip_special_tokens=True)  # fmt: skip
+    assert stats["matcher_calls"] == len(calls) >= 2 and any(len(c) > 1 for c in calls)
+    for c in calls:  # the output goes through the best-scoring text of every step that had a choice
+        assert text.startswith(max(c, key=lambda t: (zlib.crc32(t.encode()) % 1000, -c.index(t))))
+    # a step with one candidate and nothing ending has no choice to make: no matching, and without grounded words
+    # HALC is greedy
+    calls.clear()
+    want = greedy(model, prompt, pixels, max_new_tokens=12, eos_id=2)[0]
+    assert run(tiny, HALCConfig(), matcher=matcher, word_kind=lambda w: None) == want and calls == []
+
+
+def test_cost_accounting_times_every_part(tiny) -> None:
+    stats: dict[str, float] = {}
+    run(tiny, HALCConfig(beams=2, alpha=1.0), matcher=pseudo_random, stats=stats)
+    assert 0 < stats["grounded"] <= stats["steps"] and stats["fov_forwards"] == stats["grounded"]
+    assert all(stats[k] > 0 for k in ("base_seconds", "fov_seconds", "detector_seconds", "matcher_seconds"))
+
+
+def test_the_detector_is_queried_with_the_phrase_or_the_word(tiny) -> None:
+    from framework.decoding.halc import grounding_query
+
     model, tok, _, _ = tiny
-    out = run(tiny, HALCConfig(beams=1, alpha=1.0), matcher=matcher)
-    best = [max(c, key=lambda t: (zlib.crc32(t.encode()) % 1000, -c.index(t))) for c in calls]
-    assert len(calls) >= 2 and any(len(c) > 1 for c in calls)  # some steps had several candidates
-    for prev, nxt in zip(best, calls[1:], strict=False):
-        assert all(t.startswith(prev) for t in nxt)  # every next step extends the best-scoring text
-    assert tok.decode(out, skip_special_tokens=True) == best[len(calls) - 1] or len(out) < len(calls)
+    for ground in ("phrase", "word"):
+        queries: list[str] = []
+
+        def detect(ref, query):
+            queries.append(query)
+            return None
+
+        out = run(tiny, HALCConfig(ground=ground, alpha=1.0), detector=detect, max_new_tokens=20)
+        texts = [tok.decode(out[:i], skip_special_tokens=True) for i in range(len(out) + 1)]
+        assert queries and all(WordKinds.scene_world()(q.split()[-1]) for q in queries)
+        # every query is the word or phrase of a grounded token after one of the output's prefixes
+        assert all(any(grounding_query(t, q.split()[-1], ground) == q for t in texts) for q in queries)
+        assert any(len(q.split()) > 1 for q in queries) == (ground == "phrase")
+
+
+def test_grounding_queries_the_phrase_the_word_ends() -> None:
+    from framework.decoding.halc import grounding_query
+
+    text = "there are two objects in the image : a small red"
+    assert grounding_query(text, "star") == "small red star"
+    assert grounding_query(text + " star in the top", "right") == "small red star in the top right"
+    assert grounding_query("there are", "two") == "there are two"
+    assert grounding_query(text, "star", "word") == "star"
+    with pytest.raises(ValueError, match="ground"):
+        HALCConfig(ground="sentence")
+
+
+def test_scene_detector_grounds_words_and_phrases_on_the_best_matching_object() -> None:
+    objects = [
+        {"name": "star", "color": "red", "size": "small", "cell": "top right", "box": [40, 0, 50, 10]},
+        {"name": "circle", "color": "blue", "size": "large", "cell": "bottom left", "box": [0, 40, 20, 60]},
+        {"name": "ring", "color": "red", "size": "large", "cell": "center", "box": [20, 20, 40, 40]},
+    ]
+    detect = scene_detector({"s": objects})
+    assert detect("s", "star") == [40, 0, 50, 10] and detect("s", "dot") == [0, 40, 20, 60]  # synonym
+    assert detect("s", "heart") is None and detect("t", "star") is None  # not drawn / unknown image
+    # a hallucinated object grounds on what its phrase matches: the large red thing is the ring
+    assert detect("s", "large red heart") == [20, 20, 40, 40]
+    assert detect("s", "red") == [40, 0, 50, 10]  # ties: the first in the annotation
+    assert detect("s", "small red ring") == [20, 20, 40, 40]  # the name outweighs one attribute
+    assert detect("s", "large ring in the bottom left") == [20, 20, 40, 40]
+    assert detect("s", "small heart in the bottom") == [40, 0, 50, 10]  # size 1 = position 1: first
+    assert detect("s", "heart in the bottom") == [0, 40, 20, 60]  # "bottom" is among "bottom left"'s words
+    assert detect("s", "there are three") == [0, 0, 50, 60]  # a count: all objects
+    assert detect("s", "in the") is None
 
 
 def test_clip_matcher_is_the_cosine_of_the_embeddings() -> None:

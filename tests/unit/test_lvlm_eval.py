@@ -31,6 +31,7 @@ def test_evaluate_lvlm_scores_what_it_generates(tmp_path: Path) -> None:
     out = evaluate_lvlm(model, tok, tmp_path, image_size=32, image_tokens=cfg.image_tokens, limit=8,
                         max_new_tokens=12, batch_size=3)  # fmt: skip
     assert out["captions"] == 8 and len(out["examples"]) == 8
+    assert out["description_seconds"] > 0 and out["pope_seconds"] > 0
     samples = read_split(tmp_path, "eval", 8)
     truth = {s["id"]: [o["name"] for o in s["annotation"]["objects"]] for s in samples}
     again = chair({e["id"]: e["caption"] for e in out["examples"]}, truth, vocabulary())
