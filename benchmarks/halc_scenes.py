@@ -10,8 +10,9 @@
 2. Every seed's MLE model (``demo-dir/mle/seed<k>``) decodes the first ``--limit`` held-out scenes and their POPE
    questions with greedy, beam (3 beams), VCD (alpha 1, beta 0.1) and HALC (thesis defaults, 1 beam, FOV passes
    batched, the detector queried with the phrase a word ends on the scene world's annotations, the CLIP above as
-   the matcher); every seed's re-weighted model with greedy and HALC. Ablations on seed 0: HALC with the detector
-   queried with the word alone (``halc_word``), and with the FOV passes sequential (``halc_sequential``).
+   the matcher); every seed's re-weighted model with greedy and HALC. Ablations on seed 0 (``ABLATIONS``): the FOV
+   passes sequential, the detector queried with the word alone, object words only (the official code's noun
+   filter), and beams kept by log-probability instead of the matcher.
 3. Cost, one prompt at a time for every strategy (the thesis' setting: beam search and HALC decode one prompt at a
    time, so greedy and VCD do too; greedy batched 32 prompts per forward is reported beside): wall time of the
    descriptions and of POPE, tokens/s, the ratio to greedy on the same model, and HALC's parts (base forwards, FOV
@@ -45,8 +46,13 @@ MLE_DECODINGS = ("greedy", "beam", "vcd", "halc")
 REWEIGHTED_DECODINGS = ("greedy", "halc")
 SUMMARY_KEYS = ("chair_s", "chair_i", "recall", "pope_f1", "time_ratio_vs_greedy")
 """The results interface: ``summary[decoding]``'s keys (``summary_detail`` has length, POPE time and tokens/s too)."""
-ABLATIONS = {"halc_word": ("halc", HALCConfig(ground="word")), "halc_sequential": ("halc", HALCConfig(batched=False))}
-"""Seed 0's extra HALC runs: name -> (decoding, config)."""
+ABLATIONS = {
+    "halc_sequential": ("halc", HALCConfig(batched=False), True),
+    "halc_word": ("halc", HALCConfig(ground="word"), True),
+    "halc_objects": ("halc", HALCConfig(kinds=("object",)), True),
+    "halc_logprob": ("halc", HALCConfig(), False),
+}
+"""Seed 0's extra HALC runs: name -> (decoding, config, with the CLIP matcher)."""
 
 
 def train_matcher(demo: Path, steps: int, nproc: int, batch: int) -> Path:
@@ -61,17 +67,18 @@ def train_matcher(demo: Path, steps: int, nproc: int, batch: int) -> Path:
     return run
 
 
-def decode_all(run: Path, scenes: Path, decodings: dict[str, tuple[str, HALCConfig]], limit: int,
+def decode_all(run: Path, scenes: Path, decodings: dict[str, tuple[str, HALCConfig, bool]], limit: int,
                matcher) -> dict[str, Any]:  # fmt: skip
-    """Every named (decoding, HALC config) on ``run``'s merged model, one prompt at a time, and greedy batched."""
+    """Every named (decoding, HALC config, with the matcher) on ``run``'s merged model, one prompt at a time, and
+    greedy batched."""
     model, cfg = load_final_model(run)
     tok = scene_tokenizer()
     kw = dict(image_size=cfg.model.image_size, image_tokens=cfg.model.image_tokens, limit=limit)
     evaluate_lvlm(model, tok, scenes, **{**kw, "limit": 2})  # warm-up: the first forwards are slower
     out: dict[str, Any] = {}
-    for name, (decoding, halc_cfg) in {**decodings, "greedy_batched": ("greedy", HALCConfig())}.items():
-        res = evaluate_lvlm(model, tok, scenes, decoding=decoding, matcher=matcher, halc_cfg=halc_cfg,
-                            batch_size=32 if name == "greedy_batched" else 1, **kw)  # fmt: skip
+    for name, (decoding, halc_cfg, match) in {**decodings, "greedy_batched": ("greedy", HALCConfig(), True)}.items():
+        res = evaluate_lvlm(model, tok, scenes, decoding=decoding, matcher=matcher if match else None,
+                            halc_cfg=halc_cfg, batch_size=32 if name == "greedy_batched" else 1, **kw)  # fmt: skip
         tokens = sum(len(tok(e["caption"], add_special_tokens=False)["input_ids"]) + 1 for e in res["examples"])
         out[name] = {**{k: res[k] for k in KEYS}, "pope": res["pope"], "seconds": res["description_seconds"],
                      "pope_seconds": res["pope_seconds"], "tokens": tokens,
@@ -134,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     def matcher(samples):
         return clip_matcher(clip, clip_tok, {s["id"]: s["image"] for s in samples}, clip_cfg.model.image_size)
 
-    def named(decodings: tuple[str, ...]) -> dict[str, tuple[str, HALCConfig]]:
-        return {d: (d, HALCConfig()) for d in decodings}
+    def named(decodings: tuple[str, ...]) -> dict[str, tuple[str, HALCConfig, bool]]:
+        return {d: (d, HALCConfig(), True) for d in decodings}
 
     runs: dict[str, dict[str, Any]] = {}
     for seed in range(args.seeds):

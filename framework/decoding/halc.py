@@ -3,15 +3,16 @@
 Legend: k = beams, n = FOVs, m = contrasted FOV pairs, V = vocabulary.
 
 Per step and beam: the base next-token logits (the beam's cached forward on the whole image) give the greedy token.
-If it is an object, attribute or relation word (:class:`WordKinds`), the detector locates it in the image (a
-box, or None: then a random box; ``HALCConfig.ground`` says whether the detector is queried with the word alone or
-with the phrase it ends, see :func:`grounding_query`), n FOVs grow around it (:func:`~framework.decoding.fov.fov_boxes`), the LVLM runs
-the beam's sequence on each FOV crop (batched into one forward, or one forward per FOV), and the m most divergent
-FOV pairs contrasted both ways give 2m candidate distributions (:func:`~framework.decoding.contrast.focal_candidates`);
-their argmax tokens are the beam's candidates. Otherwise the greedy token is its only candidate. Every (beam,
-candidate) expansion is scored by ``matcher`` (the text so far against the original image; scalefirst's CLIP in
-the benchmark) and the k best are kept (without a matcher: by the base log-probability). A step with no choice to
-make (at most k expansions, none ending the text) keeps them all without scoring.
+If it is a word of a kind HALC grounds (``HALCConfig.kinds``: object, attribute, relation; :class:`WordKinds`), the
+detector locates it in the image: a box, or None (then a random box). ``HALCConfig.ground`` says whether the
+detector is queried with the word alone or with the phrase it ends (:func:`grounding_query`). n FOVs grow around
+the box (:func:`~framework.decoding.fov.fov_boxes`), the LVLM runs the beam's sequence on each FOV crop (batched
+into one forward, or one forward per FOV), and the m most divergent FOV pairs contrasted both ways give 2m
+candidate distributions (:func:`~framework.decoding.contrast.focal_candidates`); their argmax tokens are the beam's
+candidates. Otherwise the greedy token is its only candidate. Every (beam, candidate) expansion is scored by
+``matcher`` (the text so far against the original image; scalefirst's CLIP in the benchmark) and the k best are
+kept (without a matcher: by the base log-probability). A step with no choice to make (at most k expansions, none
+ending the text) keeps them all without scoring.
 
 Cost accounting: ``stats`` counts steps, grounded steps, FOV forwards and matcher calls, and times the base (cached)
 forwards, the FOV forwards, the detector and the matcher (seconds), the terms of the thesis' cost model (eq. 6.5).
@@ -66,9 +67,16 @@ class HALCConfig:
     """The detector's query: the word alone (the official code's entity query), or the phrase it ends (the thesis,
     section 6.4.2: zero-shot detectors ground adjective and prepositional phrases too), see :func:`grounding_query`."""
 
+    kinds: tuple[Kind, ...] = ("object", "attribute", "relation")
+    """The word kinds HALC grounds (the thesis: all three; the official code's tagger filter: nouns only, i.e.
+    ``("object",)``)."""
+
     def __post_init__(self) -> None:
         if self.ground not in ("word", "phrase"):
             raise ValueError(f"HALCConfig.ground must be 'word' or 'phrase', got {self.ground!r}")
+        bad = set(self.kinds) - {"object", "attribute", "relation"}
+        if bad:
+            raise ValueError(f"HALCConfig.kinds: unknown word kinds {sorted(bad)} (object, attribute, relation)")
 
 
 class WordKinds:
@@ -219,7 +227,7 @@ def halc(
             g = int(logp[b].argmax())
             word = tokenizer.decode([g]).strip()
             counts["steps"] += 1
-            if g == eos_id or word_kind(word) is None:
+            if g == eos_id or word_kind(word) not in cfg.kinds:
                 cands.append((b, g))
                 continue
             counts["grounded"] += 1

@@ -129,6 +129,23 @@ def test_grounding_queries_the_phrase_the_word_ends() -> None:
     assert grounding_query(text, "star", "word") == "star"
     with pytest.raises(ValueError, match="ground"):
         HALCConfig(ground="sentence")
+    with pytest.raises(ValueError, match="noun"):
+        HALCConfig(kinds=("object", "noun"))
+
+
+def test_only_the_configured_word_kinds_are_grounded(tiny) -> None:
+    kinds = WordKinds.scene_world()
+    queries: list[str] = []
+
+    def detect(ref, query):
+        queries.append(query.split()[-1])
+        return None
+
+    run(tiny, HALCConfig(alpha=1.0, kinds=("object",)), detector=detect, max_new_tokens=20)
+    assert queries and {kinds(w) for w in queries} == {"object"}
+    queries.clear()
+    run(tiny, HALCConfig(alpha=1.0), detector=detect, max_new_tokens=20)
+    assert {kinds(w) for w in queries} > {"object"}
 
 
 def test_scene_detector_grounds_words_and_phrases_on_the_best_matching_object() -> None:
