@@ -251,8 +251,20 @@ def cmd_eval_lvlm(args: argparse.Namespace) -> int:
             images = {s["id"]: s["image"] for s in samples}
             return clip_matcher(clip, clip_tok, images, clip_cfg.model.image_size)
 
+    halc_cfg = None
+    if args.halc:
+        from framework.config.loader import ConfigError, apply_overrides, from_dict
+        from framework.decoding.halc import HALCConfig
+
+        data: dict = {}
+        origin: dict[str, str] = {}
+        try:
+            apply_overrides(data, origin, args.halc)
+            halc_cfg = from_dict(HALCConfig, data, origin)
+        except ConfigError as e:
+            raise SystemExit(f"scalefirst eval lvlm --halc: {e}") from None
     res = evaluate_run(model, cfg, args.scenes, args.out or args.run_dir, limit=args.limit, decoding=args.decoding,
-                       matcher=matcher)  # fmt: skip
+                       matcher=matcher, halc_cfg=halc_cfg)  # fmt: skip
     print(lvlm_table([lvlm_row(f"{Path(args.run_dir).name} ({args.decoding})", res)]))
     suffix = "" if args.decoding == "greedy" else f"_{args.decoding}"
     print(f"wrote {Path(args.out or args.run_dir) / f'eval{suffix}.json'} and examples{suffix}.png")
@@ -518,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                         "beta 0.1), HALC (thesis defaults; the scene world's annotated boxes as its detector)")  # fmt: skip
     q.add_argument("--matcher-run", help="HALC: run_dir of a finished clip run whose CLIP scores the beams "
                                          "(default: beams kept by log-probability)")  # fmt: skip
+    q.add_argument("--halc", nargs="+", metavar="KEY=VALUE", help="HALC: HALCConfig fields (framework/decoding/"
+                   "halc.py), e.g. fovs=4 alpha=0.05 ground=word 'kinds=[object]'")  # fmt: skip
     q.set_defaults(fn=cmd_eval_lvlm)
 
     p = sub.add_parser("demo-lvlm", help="LVLM: MLE vs visual-dependence re-weighting on the scene world (CPU)")

@@ -80,10 +80,18 @@ class VCDConfig:
     """Seed of the noise."""
 
 
+def vcd_noised(pixels: torch.Tensor, cfg: VCDConfig = VCDConfig()) -> torch.Tensor:
+    """VCD's distorted images: one noise draw (from ``cfg.seed``) shared by every image, so that an image's
+    decoding does not depend on the batch it is decoded in."""
+    eps = torch.randn((1, *pixels.shape[1:]), generator=torch.Generator().manual_seed(cfg.seed), dtype=pixels.dtype)
+    return noised_pixels(pixels, cfg.noise_step, noise=eps.expand_as(pixels))
+
+
 def vcd(model: nn.Module, prompt_BL: torch.Tensor, pixels: torch.Tensor, cfg: VCDConfig = VCDConfig(),
         **kw) -> list[list[int]]:  # fmt: skip
-    """Visual contrastive decoding: the clean and the noised image as two streams of one batched forward."""
-    noisy = noised_pixels(pixels, cfg.noise_step, torch.Generator().manual_seed(cfg.seed))
+    """Visual contrastive decoding: the clean and the noised image (:func:`vcd_noised`) as two streams of one
+    batched forward."""
+    noisy = vcd_noised(pixels, cfg)
     return decode(model, prompt_BL, [pixels, noisy], lambda lg: vcd_logits(lg[0], lg[1], cfg.alpha, cfg.beta), **kw)
 
 

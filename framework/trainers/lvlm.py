@@ -212,8 +212,10 @@ def apply_filter(cfg: LVLMJobConfig, data: SceneTrainSet, run_dir: Path, env, pa
 
 
 def evaluate_run(model: nn.Module, cfg: LVLMJobConfig, scenes: str | Path, out_dir: str | Path,
-                 limit: int | None = None, decoding: str = "greedy", matcher: Any = None) -> dict[str, Any]:  # fmt: skip
-    """CHAIR / POPE / length of ``model`` on the scene world's eval split with ``decoding``; writes eval.json and
+                 limit: int | None = None, decoding: str = "greedy", matcher: Any = None,
+                 halc_cfg: Any = None) -> dict[str, Any]:  # fmt: skip
+    """CHAIR / POPE / length of ``model`` on the scene world's eval split with ``decoding`` (HALC: ``matcher``
+    factory and ``halc_cfg``, see :func:`framework.evaluation.lvlm_eval.evaluate_lvlm`); writes eval.json and
     examples.png (``eval_<decoding>.json`` / ``examples_<decoding>.png`` for a decoding other than greedy)."""
     from framework.data.lvlm.dataset import read_split
     from framework.evaluation.lvlm_eval import evaluate_lvlm, plot_examples
@@ -221,7 +223,7 @@ def evaluate_run(model: nn.Module, cfg: LVLMJobConfig, scenes: str | Path, out_d
     tok = scene_tokenizer()
     limit = limit if limit is not None else cfg.data.eval_limit
     res = evaluate_lvlm(model, tok, scenes, image_size=cfg.model.image_size, image_tokens=cfg.model.image_tokens,
-                        limit=limit, decoding=decoding, matcher=matcher)  # fmt: skip
+                        limit=limit, decoding=decoding, matcher=matcher, halc_cfg=halc_cfg)  # fmt: skip
     out_dir = Path(out_dir)
     suffix = "" if decoding == "greedy" else f"_{decoding}"
     write_json_atomic(out_dir / f"eval{suffix}.json", res)

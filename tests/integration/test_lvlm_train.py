@@ -133,6 +133,16 @@ def test_run_writes_metrics_checkpoints_merged_model_and_eval(straight: Path, sc
     again = json.loads((out / "eval.json").read_text())
     assert again["examples"] == ev["examples"] and again["pope_answers"] == ev["pope_answers"]
     assert "chair_s" in proc.stdout and (out / "examples.png").is_file()
+    # HALC from the command line, its constants from --halc (sequential FOVs: two forwards per grounded step)
+    cmd = [sys.executable, "-m", "launch.cli", "eval", "lvlm", "--run-dir", str(straight), "--scenes", str(scenes),
+           "--out", str(out), "--limit", "2", "--decoding", "halc"]  # fmt: skip
+    proc = subprocess.run([*cmd, "--halc", "fovs=2", "batched=false"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    ok(proc)
+    stats = json.loads((out / "eval_halc.json").read_text())["halc_stats"]
+    assert stats["grounded"] > 0 and stats["fov_forwards"] == 2 * stats["grounded"]
+    bad = subprocess.run([*cmd, "--halc", "fovz=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown key 'fovz'" in bad.stderr
 
 
 def test_zero2_and_zero3_on_two_ranks_match_one_rank_with_accumulation(parity: dict[str, Path]) -> None:

@@ -115,10 +115,16 @@ def test_vcd_cached_equals_no_cache_and_reduces_to_greedy_without_contrast(tiny)
     assert vcd(model, prompt, pixels, cfg, **kw) == vcd(model, prompt, pixels, cfg, use_cache=False, **kw)
     assert vcd(model, prompt, pixels, VCDConfig(alpha=0.0, beta=0.0), **kw) == greedy(model, prompt, pixels, **kw)
     # a combine that always takes the second stream decodes the noised image
+    from framework.decoding.loop import vcd_noised
     from framework.losses.visual_dependence import noised_pixels
 
-    noisy = noised_pixels(pixels, 900, torch.Generator().manual_seed(0))
+    noisy = vcd_noised(pixels, cfg)
     assert decode(model, prompt, [pixels, noisy], lambda lg: lg[1], **kw) == greedy(model, prompt, noisy, **kw)
+    # one noise draw for every image: a prompt decodes the same alone as in a batch (a per-row draw would not)
+    assert [vcd(model, prompt[b : b + 1], pixels[b : b + 1], cfg, **kw)[0] for b in range(2)] == vcd(
+        model, prompt, pixels, cfg, **kw)  # fmt: skip
+    eps = torch.randn((1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noisy, noised_pixels(pixels, 900, noise=eps.expand(2, -1, -1, -1)))
 
 
 def test_select_beams_keeps_the_best_expansions() -> None:
