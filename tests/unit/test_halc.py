@@ -104,13 +104,14 @@ def test_the_detector_is_queried_with_the_phrase_or_the_word(tiny) -> None:
     from framework.decoding.halc import grounding_query
 
     model, tok, _, _ = tiny
+    queries: list[str] = []
+
+    def detect(ref, query):
+        queries.append(query)
+        return None
+
     for ground in ("phrase", "word"):
-        queries: list[str] = []
-
-        def detect(ref, query):
-            queries.append(query)
-            return None
-
+        queries.clear()
         out = run(tiny, HALCConfig(ground=ground, alpha=1.0), detector=detect, max_new_tokens=20)
         texts = [tok.decode(out[:i], skip_special_tokens=True) for i in range(len(out) + 1)]
         assert queries and all(WordKinds.scene_world()(q.split()[-1]) for q in queries)
