@@ -1,8 +1,8 @@
-"""Detectors for HALC's grounding: a transformers zero-shot detector adapter (OWLv2 / OWL-ViT: model + image
-processor + text tokenizer, e.g. from local weights with :meth:`ZeroShotDetector.from_pretrained`) beside the scene
-world's oracle (:func:`framework.decoding.halc.scene_detector`). A detector is ``(image reference, query) -> box |
-None`` with the box [x0, y0, x1, y1] in the original image's pixels; the query is a word or the phrase it ends
-(:func:`framework.decoding.halc.grounding_query`)."""
+"""Detectors for HALC's grounding: a transformers zero-shot detector adapter (OWLv2 / OWL-ViT / Grounding DINO:
+model + image processor + text tokenizer, e.g. from local weights with :meth:`ZeroShotDetector.from_pretrained`)
+beside the scene world's oracle (:func:`framework.decoding.halc.scene_detector`). A detector is ``(image
+reference, query) -> box | None`` with the box [x0, y0, x1, y1] in the original image's pixels; the query is a word
+or the phrase it ends (:func:`framework.decoding.halc.grounding_query`)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,24 @@ class ZeroShotDetector:
     image; None below ``threshold`` or for a box without area.
 
     Args:
-        model: e.g. ``Owlv2ForObjectDetection``; called with the tokenized query and ``pixel_values``.
-        image_processor: its image processor (``post_process_object_detection`` maps boxes to pixels). OWLv2 pads
-            images to a square, so boxes are mapped onto the padded square (side = the longer image side).
+        model: e.g. ``Owlv2ForObjectDetection``, ``OwlViTForObjectDetection`` or
+            ``GroundingDinoForObjectDetection``; called with the tokenized query and the image processor's outputs.
+        image_processor: its image processor (``post_process_object_detection`` maps boxes to pixels).
         tokenize: texts -> dict of ``input_ids`` / ``attention_mask`` tensors (the processor's tokenizer).
+        prompt: the query's template (Grounding DINO expects lower-case phrases ending in " .": ``"{} ."``).
         images: image reference -> PIL image (None: the reference is the image itself).
+        pad_to_square: boxes are relative to the image padded to a square (OWLv2's processor pads; OWL-ViT and
+            Grounding DINO do not). None: True for an OWLv2 image processor.
     """
 
     def __init__(self, model: Any, image_processor: Any, tokenize: Callable[[list[str]], Mapping[str, torch.Tensor]],
                  *, threshold: float = 0.1, prompt: str = "a photo of a {}",
-                 images: Mapping[Any, Any] | None = None) -> None:  # fmt: skip
+                 images: Mapping[Any, Any] | None = None, pad_to_square: bool | None = None) -> None:  # fmt: skip
         self.model, self.image_processor, self.tokenize = model.eval(), image_processor, tokenize
         self.threshold, self.prompt, self.images = threshold, prompt, images
+        if pad_to_square is None:
+            pad_to_square = type(image_processor).__name__.startswith("Owlv2")
+        self.pad_to_square = pad_to_square
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kw: Any) -> ZeroShotDetector:
@@ -45,12 +51,13 @@ class ZeroShotDetector:
     def __call__(self, ref: Any, query: str) -> list[float] | None:
         image = self.images[ref] if self.images is not None else ref
         width, height = image.size
-        pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
+        inputs = dict(self.image_processor(images=image, return_tensors="pt"))
         text = dict(self.tokenize([self.prompt.format(query)]))
-        out = self.model(**text, pixel_values=pixels)
+        out = self.model(**text, **inputs)
         side = max(width, height)
+        size = [side, side] if self.pad_to_square else [height, width]
         res = self.image_processor.post_process_object_detection(out, threshold=self.threshold,
-                                                                 target_sizes=torch.tensor([[side, side]]))[0]  # fmt: skip
+                                                                 target_sizes=torch.tensor([size]))[0]  # fmt: skip
         if res["scores"].numel() == 0:
             return None
         x0, y0, x1, y1 = res["boxes"][int(res["scores"].argmax())].tolist()

@@ -230,3 +230,43 @@ def test_zero_shot_detector_adapter_plumbing_with_a_tiny_random_owlv2() -> None:
     assert box == (want if want[2] > want[0] and want[3] > want[1] else None)
     assert ZeroShotDetector(model, Processor(size={"height": 64, "width": 64}), tokenize, threshold=1.1)(
         image, "star") is None  # fmt: skip
+
+
+def test_zero_shot_detector_adapter_plumbing_with_a_tiny_random_grounding_dino() -> None:
+    from PIL import Image
+    from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
+
+    from framework.decoding.detectors import ZeroShotDetector
+
+    try:
+        from transformers import GroundingDinoImageProcessorPil as Processor
+    except ImportError:  # older transformers: the PIL processor is the default one
+        from transformers import GroundingDinoImageProcessor as Processor
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 1], window_size=4,
+                          out_indices=[1, 2])  # fmt: skip
+    text = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                              decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2,
+                              decoder_attention_heads=2, num_queries=10, num_feature_levels=2, encoder_n_points=2,
+                              decoder_n_points=2, max_text_len=16, use_timm_backbone=False,
+                              use_pretrained_backbone=False)  # fmt: skip
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(cfg)
+
+    def tokenize(texts):
+        ids = torch.tensor([[101 % 200, *[3 + len(w) % 90 for w in t.split()], 102 % 200] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    image = Image.new("RGB", (80, 60), (10, 200, 10))
+    proc = Processor(size={"shortest_edge": 48, "longest_edge": 64})
+    detect = ZeroShotDetector(model, proc, tokenize, threshold=0.0, prompt="{} .", images={"s": image})
+    assert detect.pad_to_square is False
+    box = detect("s", "small red star")
+    # by hand: no square padding, so boxes are mapped onto the 80 x 60 image itself
+    with torch.no_grad():
+        out = model(**tokenize(["small red star ."]), **proc(images=image, return_tensors="pt"))
+    res = proc.post_process_object_detection(out, threshold=0.0, target_sizes=torch.tensor([[60, 80]]))[0]
+    x0, y0, x1, y1 = res["boxes"][int(res["scores"].argmax())].tolist()
+    want = [max(0.0, x0), max(0.0, y0), min(80.0, x1), min(60.0, y1)]
+    assert box == (want if want[2] > want[0] and want[3] > want[1] else None) and box is not None
